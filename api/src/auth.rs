@@ -1,0 +1,80 @@
+//! Bearer-token authentication: the `Auth` extractor yields the caller's principal or
+//! rejects with 401 JSON.
+
+use autokey_shared::tokens::{self, Principal, Role};
+use axum::{extract::FromRequestParts, http::request::Parts};
+use uuid::Uuid;
+
+use crate::{error::ApiError, state::AppState};
+
+pub struct Auth(pub Principal);
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(ApiError::Unauthorized)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .ok_or(ApiError::Unauthorized)?;
+        let mut conn = state.pool.acquire().await?;
+        let principal = tokens::authenticate(&mut conn, token)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        Ok(Auth(principal))
+    }
+}
+
+fn forbidden(what: &str) -> ApiError {
+    ApiError::Forbidden(format!("this route is for {what} tokens"))
+}
+
+impl Auth {
+    /// The seller id of a seller token; 403 for any other role.
+    pub fn seller(&self) -> Result<Uuid, ApiError> {
+        match (self.0.role, self.0.subject) {
+            (Role::Seller, Some(id)) => Ok(id),
+            _ => Err(forbidden("seller")),
+        }
+    }
+
+    /// Buyer or storefront: who may order, pay and read orders.
+    pub fn buyer_side(&self) -> Result<BuyerSide, ApiError> {
+        match (self.0.role, self.0.subject) {
+            (Role::Buyer, Some(id)) => Ok(BuyerSide::Buyer(id)),
+            (Role::Storefront, _) => Ok(BuyerSide::Storefront),
+            _ => Err(forbidden("buyer or storefront")),
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.0.role
+    }
+
+    pub fn subject(&self) -> Option<Uuid> {
+        self.0.subject
+    }
+}
+
+/// A buyer acts for itself; a storefront for any buyer it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuyerSide {
+    Buyer(Uuid),
+    Storefront,
+}
+
+impl BuyerSide {
+    /// Whether this caller may see an order of `buyer_id`.
+    pub fn may_see(&self, buyer_id: Uuid) -> bool {
+        match self {
+            BuyerSide::Buyer(id) => *id == buyer_id,
+            BuyerSide::Storefront => true,
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! autokey's HTTP front: records orders and enqueues fulfillment jobs; the worker does
+//! the rest. `app()` builds the router; `serve()` runs it until shutdown.
+
+pub mod auth;
+pub mod cli;
+pub mod error;
+pub mod extract;
+pub mod fulfillment_wait;
+pub mod middleware;
+pub mod openapi;
+pub mod routes;
+pub mod state;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use utoipa_axum::router::OpenApiRouter;
+
+pub use state::{AppState, Settings};
+
+/// The full application: every route, its OpenAPI document and the docs UI.
+pub fn app(state: AppState) -> Router {
+    let (router, api) = api_router().split_for_parts();
+    router
+        .merge(openapi::docs_router(api))
+        .fallback(middleware::fallback)
+        .method_not_allowed_fallback(middleware::method_not_allowed)
+        .layer(axum::middleware::from_fn(middleware::log_errors))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            middleware::panic_response,
+        ))
+        .with_state(state)
+}
+
+/// Every documented route; also used by the test that checks the spec is complete.
+pub fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .merge(routes::health::router())
+        .merge(routes::me::router())
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

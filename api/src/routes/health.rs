@@ -1,0 +1,31 @@
+//! Liveness and readiness.
+
+use axum::{extract::State, http::StatusCode};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{error::ApiError, state::AppState};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+}
+
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "alive")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// The database answers and every migration is applied.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "ready"),
+    (status = 503, description = "database unreachable or migrations missing", body = crate::error::ErrorBody),
+))]
+async fn readyz(State(state): State<AppState>) -> Result<(StatusCode, &'static str), ApiError> {
+    if autokey_shared::db::is_ready(&state.pool).await {
+        Ok((StatusCode::OK, "ready"))
+    } else {
+        Err(ApiError::Unavailable)
+    }
+}

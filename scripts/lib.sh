@@ -1,0 +1,70 @@
+# Shared by dev.sh and test.sh: finds or provisions a PostgreSQL server and sets
+# SERVER_URL (a URL to its `postgres` database). Order of preference:
+#   1. DATABASE_URL, if set;
+#   2. a server already answering on 127.0.0.1:5432 (starting the Debian cluster if it is stopped);
+#   3. a private cluster in .pgdata/ (git-ignored), installing Debian's postgresql if absent.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PRIVATE_PORT=54329
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+tcp_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+pg_bin() {
+  local b
+  for b in /usr/lib/postgresql/*/bin; do [ -x "$b/initdb" ] && { echo "$b"; return 0; }; done
+  return 1
+}
+
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+start_private_cluster() {
+  local bin data="$ROOT/.pgdata"
+  if ! bin=$(pg_bin); then
+    log "PostgreSQL is not installed: installing Debian's postgresql"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+    bin=$(pg_bin) || { echo "PostgreSQL installation failed" >&2; exit 1; }
+  fi
+  if [ ! -f "$data/PG_VERSION" ]; then
+    log "creating a private PostgreSQL cluster in .pgdata/"
+    mkdir -p "$data"
+    [ "$(id -u)" = 0 ] && chown postgres "$data"
+    as_postgres "$bin/initdb" -D "$data" -U postgres --auth=trust >/dev/null
+  fi
+  if ! tcp_open 127.0.0.1 "$PRIVATE_PORT"; then
+    as_postgres "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w \
+      -o "-p $PRIVATE_PORT -k $data -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
+  fi
+  SERVER_URL="postgres://postgres@127.0.0.1:$PRIVATE_PORT/postgres"
+}
+
+ensure_postgres() {
+  if [ -n "${DATABASE_URL:-}" ]; then
+    SERVER_URL="$DATABASE_URL"
+    return
+  fi
+  if ! tcp_open 127.0.0.1 5432 && command -v pg_ctlcluster >/dev/null && [ -n "$(ls /etc/postgresql 2>/dev/null)" ]; then
+    log "starting the local PostgreSQL cluster"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n1)" main start || true
+    sleep 1
+  fi
+  if tcp_open 127.0.0.1 5432; then
+    SERVER_URL="postgres://postgres@127.0.0.1:5432/postgres"
+  else
+    start_private_cluster
+  fi
+}
+
+# Runs SQL against the server's maintenance database (psql comes with the server packages).
+server_sql() {
+  psql "$SERVER_URL" -v ON_ERROR_STOP=1 -qAtc "$1"
+}
+
+# A URL to database $1 on the same server.
+database_url() {
+  printf '%s/%s' "${SERVER_URL%/*}" "$1"
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against a real PostgreSQL (provisioned like dev.sh does).
+# Every test creates its own database; leftovers of earlier runs are dropped first.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+ensure_postgres
+export AUTOKEY_TEST_DATABASE_URL="$SERVER_URL"
+# apalis-postgres checks its own queries at build time; it must use its offline data.
+export SQLX_OFFLINE=true
+
+for db in $(server_sql "SELECT datname FROM pg_database WHERE datname LIKE 'autokey\_test\_%'"); do
+  server_sql "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" || true
+done
+
+log "running the test suite"
+# Tests mostly wait on the database, so run more of them at once than there are cores.
+cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-6}" "$@"

@@ -1,0 +1,188 @@
+//! API tokens: `ak_` + 32 random bytes (base64url), stored only as SHA-256 hashes.
+
+use std::{fmt, str::FromStr};
+
+use base64::Engine;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+pub const TOKEN_PREFIX: &str = "ak_";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Seller,
+    Buyer,
+    Storefront,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Seller => "seller",
+            Role::Buyer => "buyer",
+            Role::Storefront => "storefront",
+            Role::Admin => "admin",
+        }
+    }
+    /// Sellers and buyers act as one subject; storefront and admin tokens do not.
+    pub fn has_subject(self) -> bool {
+        matches!(self, Role::Seller | Role::Buyer)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "seller" => Ok(Role::Seller),
+            "buyer" => Ok(Role::Buyer),
+            "storefront" => Ok(Role::Storefront),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "unknown role {other:?} (expected seller, buyer, storefront or admin)"
+            )),
+        }
+    }
+}
+
+/// Who a request acts as, resolved from its bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Principal {
+    pub token_id: Uuid,
+    pub role: Role,
+    pub subject: Option<Uuid>,
+}
+
+pub fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+pub fn generate_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// A freshly minted token: the plaintext is shown once and never stored.
+pub struct NewToken {
+    pub id: Uuid,
+    pub token: String,
+    pub role: Role,
+    pub subject: Option<Uuid>,
+}
+
+/// Creates a token for `role`; sellers and buyers get `subject` or a new id, and their
+/// principal row is created if missing.
+pub async fn create_token(
+    conn: &mut PgConnection,
+    role: Role,
+    subject: Option<Uuid>,
+) -> Result<NewToken, sqlx::Error> {
+    let subject = match (role.has_subject(), subject) {
+        (true, s) => Some(s.unwrap_or_else(Uuid::now_v7)),
+        (false, _) => None,
+    };
+    match (role, subject) {
+        (Role::Seller, Some(id)) => {
+            sqlx::query("INSERT INTO sellers (id) VALUES ($1) ON CONFLICT DO NOTHING")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        (Role::Buyer, Some(id)) => {
+            sqlx::query("INSERT INTO buyers (id) VALUES ($1) ON CONFLICT DO NOTHING")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        _ => {}
+    }
+    let token = generate_token();
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO api_tokens (id, token_hash, role, subject_id) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(id)
+    .bind(&hash_token(&token)[..])
+    .bind(role.as_str())
+    .bind(subject)
+    .execute(&mut *conn)
+    .await?;
+    Ok(NewToken {
+        id,
+        token,
+        role,
+        subject,
+    })
+}
+
+/// Revokes a token by id; false when no live token has that id.
+pub async fn revoke_token(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Looks a presented token up by its hash; None when unknown or revoked.
+pub async fn authenticate(
+    conn: &mut PgConnection,
+    token: &str,
+) -> Result<Option<Principal>, sqlx::Error> {
+    if !token.starts_with(TOKEN_PREFIX) || token.len() > 128 {
+        return Ok(None);
+    }
+    let row: Option<(Uuid, String, Option<Uuid>)> = sqlx::query_as(
+        "SELECT id, role, subject_id FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+    )
+    .bind(&hash_token(token)[..])
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.and_then(|(token_id, role, subject)| {
+        Some(Principal {
+            token_id,
+            role: role.parse().ok()?,
+            subject,
+        })
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_prefixed_long_and_distinct() {
+        let a = generate_token();
+        let b = generate_token();
+        assert!(a.starts_with("ak_"));
+        assert!(a.len() >= 3 + 43);
+        assert_ne!(a, b);
+        assert_ne!(hash_token(&a), hash_token(&b));
+    }
+
+    #[test]
+    fn roles_round_trip() {
+        for r in [Role::Seller, Role::Buyer, Role::Storefront, Role::Admin] {
+            assert_eq!(r.as_str().parse::<Role>().unwrap(), r);
+        }
+        assert!("root".parse::<Role>().is_err());
+    }
+}

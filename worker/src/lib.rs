@@ -1,0 +1,1 @@
+//! autokey worker (in progress).
