@@ -1,1 +1,10 @@
-//! autokey worker (in progress).
+//! autokey's worker: fulfills paid orders (apalis on PostgreSQL), serves backorders when
+//! keys arrive, and keeps the job tables tidy.
+
+pub mod cli;
+pub mod fulfillment;
+pub mod maintenance;
+pub mod replenish;
+pub mod runner;
+
+pub use runner::{WorkerConfig, run};

@@ -1,4 +1,7 @@
-fn main() {
-    eprintln!("autokey-worker: not implemented yet");
-    std::process::exit(1);
+use clap::Parser;
+
+#[tokio::main]
+async fn main() {
+    let cli = autokey_worker::cli::Cli::parse();
+    std::process::exit(autokey_worker::cli::run(cli).await);
 }

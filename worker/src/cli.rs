@@ -1,0 +1,88 @@
+//! The `autokey-worker` command line.
+
+use autokey_shared::{
+    config::{self, DatabaseConfig},
+    db, jobs,
+};
+use clap::{Parser, Subcommand};
+
+use crate::runner::WorkerConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "autokey-worker",
+    version,
+    about = "autokey worker: fulfills paid orders and serves backorders until SIGTERM/SIGINT.",
+    long_about = "autokey worker: claims fulfillment jobs from PostgreSQL (apalis), locks available keys \
+(FOR UPDATE SKIP LOCKED), delivers them and moves orders to FULFILLED; serves backordered orders when \
+keys arrive; retries transient failures with durable exponential backoff; prunes finished jobs.\n\n\
+Run as many processes as you like, on one or many machines: each start has a unique identity, and the \
+jobs of a process that dies are picked up by the others within seconds.\n\n\
+On SIGTERM or SIGINT it stops taking jobs, lets running ones finish, and exits 0.\n\n\
+Configuration: DATABASE_URL (required); RUST_LOG and LOG_FORMAT=json for logs; a .env file is read too."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Jobs processed at once.
+    #[arg(long, default_value_t = 8, global = true)]
+    pub concurrency: usize,
+    /// Name prefix of this process's workers (a unique suffix is added per start).
+    #[arg(long, env = "WORKER_NAME", default_value = "autokey-worker", global = true)]
+    pub name: String,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the workers (the default).
+    Run,
+    /// Make every dead job (out of attempts, or aborted) runnable again.
+    RetryDead,
+}
+
+pub async fn run(cli: Cli) -> i32 {
+    config::load_dotenv();
+    autokey_shared::telemetry::init("info,sqlx=warn,apalis=warn,apalis_postgres=warn,apalis_core=warn");
+    let result: Result<(), String> = async {
+        let db_cfg = DatabaseConfig::from_env().map_err(|e| e.to_string())?;
+        let pool = db::connect(&db_cfg, (cli.concurrency as u32) * 2 + 6)
+            .await
+            .map_err(|e| format!("cannot connect to the database (DATABASE_URL): {e}"))?;
+        match cli.command.unwrap_or(Command::Run) {
+            Command::RetryDead => {
+                let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
+                let n = jobs::retry_dead(&mut conn).await.map_err(|e| e.to_string())?;
+                eprintln!("{n} dead jobs made runnable again");
+                Ok(())
+            }
+            Command::Run => {
+                let config = WorkerConfig { concurrency: cli.concurrency.max(1), name: cli.name, ..Default::default() };
+                tracing::info!(concurrency = config.concurrency, "autokey-worker starting");
+                crate::runner::run(pool, config, shutdown_signal()).await.map_err(|e| e.to_string())?;
+                tracing::info!("autokey-worker stopped");
+                Ok(())
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => 0,
+        Err(line) => {
+            eprintln!("{line}");
+            1
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term => {} }
+    tracing::info!("shutdown signal received; finishing running jobs");
+}

@@ -1,0 +1,175 @@
+//! Wires the job handlers into apalis workers on apalis-postgres, plus the maintenance
+//! loop, and runs them until shutdown.
+
+use std::{sync::Arc, time::Duration};
+
+use apalis::prelude::*;
+use apalis_postgres::{Config as QueueConfig, PostgresStorage, Pubsub};
+use autokey_shared::jobs::{self, FulfillOrder, Job, ReplenishPool};
+use sqlx::PgPool;
+
+use crate::{
+    fulfillment::{self, FulfillError, Outcome},
+    maintenance, replenish,
+};
+
+/// How a worker process behaves; `Default` is production's.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Jobs run at once per queue.
+    pub concurrency: usize,
+    /// Prefix of this process's worker names; a unique suffix is added per start.
+    pub name: String,
+    /// How often a worker proves it is alive; after `missed_heartbeats` silent intervals
+    /// its jobs are handed to others.
+    pub heartbeat: Duration,
+    pub missed_heartbeats: usize,
+    /// Polling interval, the fallback when a notification is missed and the clock for
+    /// retries that come due.
+    pub poll_interval: Duration,
+    /// First retry delay; later ones grow exponentially with jitter.
+    pub retry_base: Duration,
+    pub lock_timeout: Duration,
+    /// Finished jobs older than this are deleted.
+    pub job_retention: Duration,
+    pub maintenance_interval: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            name: "autokey-worker".into(),
+            heartbeat: Duration::from_secs(2),
+            missed_heartbeats: 3,
+            poll_interval: Duration::from_millis(500),
+            retry_base: Duration::from_secs(1),
+            lock_timeout: Duration::from_secs(5),
+            job_retention: Duration::from_secs(3600),
+            maintenance_interval: Duration::from_secs(15),
+        }
+    }
+}
+
+/// What every handler needs.
+#[derive(Clone)]
+struct Ctx {
+    pool: PgPool,
+    config: Arc<WorkerConfig>,
+}
+
+/// A unique identity per process start, so a restarted process under the same platform
+/// name never inherits (and thus never strands) its predecessor's jobs.
+pub fn unique_name(prefix: &str) -> String {
+    let host = std::env::var("HOSTNAME").or_else(|_| std::env::var("DYNO")).unwrap_or_default();
+    let ulid = ulid::Ulid::new().to_string().to_lowercase();
+    if host.is_empty() { format!("{prefix}-{ulid}") } else { format!("{prefix}-{host}-{ulid}") }
+}
+
+fn storage<J: Job>(pool: &PgPool, config: &WorkerConfig) -> PollWith<PostgresStorage<J>, Strategy> {
+    let queue = QueueConfig::default()
+        .queue(J::QUEUE)
+        .batch_size(config.concurrency.max(1))
+        .heartbeat_interval(config.heartbeat)
+        .missed_heartbeats(config.missed_heartbeats);
+    let strategy = Strategy::new()
+        .stream(Pubsub::new(pool.clone(), J::QUEUE.to_string()))
+        .interval(config.poll_interval);
+    PostgresStorage::<J>::new(pool).with_config(queue).poll_with_strategy(strategy)
+}
+
+/// Marks a failed attempt: transient errors are retried after a durable delay (and die
+/// after `MAX_ATTEMPTS`), anything else is aborted at once.
+async fn on_failure<J: Job>(ctx: &Ctx, task_id: &TaskId, attempt: usize, err: FulfillError) -> BoxDynError {
+    if !err.is_transient() {
+        tracing::error!(queue = J::QUEUE, %task_id, error = %err, "job failed permanently; it is dead");
+        return Box::new(AbortError::new(err));
+    }
+    if attempt >= J::MAX_ATTEMPTS as usize {
+        tracing::error!(queue = J::QUEUE, %task_id, attempt, error = %err, "job out of attempts; it is dead");
+        return Box::new(err);
+    }
+    let delay = jobs::retry_delay(attempt, ctx.config.retry_base);
+    tracing::warn!(queue = J::QUEUE, %task_id, attempt, ?delay, error = %err, "transient failure; retry scheduled");
+    if let Ok(mut conn) = ctx.pool.acquire().await {
+        if let Err(e) = jobs::schedule_retry(&mut conn, &task_id.to_string(), delay).await {
+            tracing::warn!(error = %e, "could not schedule the retry; it will run at the next poll");
+        }
+    }
+    Box::new(err)
+}
+
+async fn handle_fulfill(job: FulfillOrder, attempt: Attempt, task_id: TaskId, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
+    match fulfillment::fulfill_order(&ctx.pool, job.order_id, ctx.config.lock_timeout).await {
+        Ok(outcome) => {
+            match outcome {
+                Outcome::Fulfilled { keys } => tracing::info!(order_id = %job.order_id, keys, "order fulfilled"),
+                Outcome::Backordered { reserved, quantity } => {
+                    tracing::info!(order_id = %job.order_id, reserved, quantity, "order backordered; waiting for keys")
+                }
+                Outcome::NothingToDo => tracing::debug!(order_id = %job.order_id, "order not PAID; nothing to do"),
+            }
+            Ok(())
+        }
+        Err(err) => Err(on_failure::<FulfillOrder>(&ctx, &task_id, attempt.current(), err).await),
+    }
+}
+
+async fn handle_replenish(job: ReplenishPool, attempt: Attempt, task_id: TaskId, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
+    match replenish::replenish_pool(&ctx.pool, job.pool_id, ctx.config.lock_timeout).await {
+        Ok(done) => {
+            if done.fulfilled > 0 {
+                tracing::info!(pool_id = %job.pool_id, fulfilled = done.fulfilled, "backorders served");
+            }
+            if done.more_waiting {
+                let mut conn = ctx.pool.acquire().await?;
+                jobs::enqueue(&mut conn, &job).await?;
+            }
+            Ok(())
+        }
+        Err(err) => Err(on_failure::<ReplenishPool>(&ctx, &task_id, attempt.current(), err).await),
+    }
+}
+
+/// Runs the fulfillment and replenishment workers and the maintenance loop until
+/// `shutdown` resolves; then stops taking jobs and lets running ones finish.
+pub async fn run(
+    pool: PgPool,
+    config: WorkerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), BoxDynError> {
+    let ctx = Ctx { pool: pool.clone(), config: Arc::new(config.clone()) };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+            Ok::<(), std::io::Error>(())
+        }
+    };
+
+    let fulfill = WorkerBuilder::new(unique_name(&format!("{}-fulfill", config.name)))
+        .backend(storage::<FulfillOrder>(&pool, &config))
+        .catch_panic()
+        .concurrency(config.concurrency.max(1))
+        .data(ctx.clone())
+        .build(handle_fulfill)
+        .run_until(stopped());
+    let replenish = WorkerBuilder::new(unique_name(&format!("{}-replenish", config.name)))
+        .backend(storage::<ReplenishPool>(&pool, &config))
+        .catch_panic()
+        .concurrency(2)
+        .data(ctx.clone())
+        .build(handle_replenish)
+        .run_until(stopped());
+    let maintenance = maintenance::run(pool.clone(), ctx.config.clone(), stopped());
+
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let (a, b, _) = tokio::join!(fulfill, replenish, maintenance);
+    a?;
+    b?;
+    Ok(())
+}
