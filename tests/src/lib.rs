@@ -182,3 +182,101 @@ impl TestApp {
         Self::reply(resp).await
     }
 }
+
+pub mod fixtures;
+
+/// A worker running in-process against the test's database.
+pub struct WorkerHandle {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl WorkerHandle {
+    /// Graceful stop: stop taking jobs, let running ones finish.
+    pub async fn stop(mut self) -> Result<(), String> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await.map_err(|e| e.to_string())?
+    }
+
+    /// Kills the worker mid-flight, like SIGKILL: its connections drop, its jobs stay
+    /// claimed until others notice the silence.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+/// Worker settings scaled down for tests: fast heartbeats, polls and retries.
+pub fn test_worker_config() -> autokey_worker::WorkerConfig {
+    autokey_worker::WorkerConfig {
+        concurrency: 4,
+        name: "test-worker".into(),
+        heartbeat: std::time::Duration::from_millis(500),
+        missed_heartbeats: 2,
+        poll_interval: std::time::Duration::from_millis(100),
+        retry_base: std::time::Duration::from_millis(200),
+        lock_timeout: std::time::Duration::from_secs(5),
+        job_retention: std::time::Duration::from_secs(3600),
+        maintenance_interval: std::time::Duration::from_secs(1),
+    }
+}
+
+impl TestApp {
+    pub fn start_worker(&self) -> WorkerHandle {
+        self.start_worker_with(test_worker_config())
+    }
+
+    pub fn start_worker_with(&self, config: autokey_worker::WorkerConfig) -> WorkerHandle {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let pool = self.pool.clone();
+        let task = tokio::spawn(async move {
+            autokey_worker::run(pool, config, async move {
+                let _ = rx.await;
+            })
+            .await
+            .map_err(|e| e.to_string())
+        });
+        WorkerHandle {
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// Polls the database (test-side only) until `order_id` has `status`, or panics.
+    pub async fn wait_for_status(&self, order_id: Uuid, status: &str, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let s: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+                .bind(order_id)
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+            if s == status {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "order {order_id} is {s}, expected {status}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Signs and posts a payment webhook.
+    pub async fn webhook(&self, id: &str, timestamp: i64, body: &str, secret: &[u8]) -> Reply {
+        let sig = autokey_api::webhook_signature::sign(secret, id, timestamp, body.as_bytes());
+        let resp = self
+            .client
+            .post(format!("{}/webhooks/payments", self.base))
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", sig)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        Self::reply(resp).await
+    }
+}

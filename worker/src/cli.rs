@@ -28,7 +28,12 @@ pub struct Cli {
     #[arg(long, default_value_t = 8, global = true)]
     pub concurrency: usize,
     /// Name prefix of this process's workers (a unique suffix is added per start).
-    #[arg(long, env = "WORKER_NAME", default_value = "autokey-worker", global = true)]
+    #[arg(
+        long,
+        env = "WORKER_NAME",
+        default_value = "autokey-worker",
+        global = true
+    )]
     pub name: String,
 }
 
@@ -42,7 +47,9 @@ pub enum Command {
 
 pub async fn run(cli: Cli) -> i32 {
     config::load_dotenv();
-    autokey_shared::telemetry::init("info,sqlx=warn,apalis=warn,apalis_postgres=warn,apalis_core=warn");
+    autokey_shared::telemetry::init(
+        "info,sqlx=warn,apalis=warn,apalis_postgres=warn,apalis_core=warn",
+    );
     let result: Result<(), String> = async {
         let db_cfg = DatabaseConfig::from_env().map_err(|e| e.to_string())?;
         let pool = db::connect(&db_cfg, (cli.concurrency as u32) * 2 + 6)
@@ -51,14 +58,22 @@ pub async fn run(cli: Cli) -> i32 {
         match cli.command.unwrap_or(Command::Run) {
             Command::RetryDead => {
                 let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
-                let n = jobs::retry_dead(&mut conn).await.map_err(|e| e.to_string())?;
+                let n = jobs::retry_dead(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 eprintln!("{n} dead jobs made runnable again");
                 Ok(())
             }
             Command::Run => {
-                let config = WorkerConfig { concurrency: cli.concurrency.max(1), name: cli.name, ..Default::default() };
+                let config = WorkerConfig {
+                    concurrency: cli.concurrency.max(1),
+                    name: cli.name,
+                    ..Default::default()
+                };
                 tracing::info!(concurrency = config.concurrency, "autokey-worker starting");
-                crate::runner::run(pool, config, shutdown_signal()).await.map_err(|e| e.to_string())?;
+                crate::runner::run(pool, config, shutdown_signal())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 tracing::info!("autokey-worker stopped");
                 Ok(())
             }

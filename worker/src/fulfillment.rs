@@ -22,6 +22,8 @@ pub enum Outcome {
 pub enum FulfillError {
     #[error("order {0} does not exist")]
     OrderMissing(Uuid),
+    #[error("the job panicked: {0}")]
+    Panicked(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -31,13 +33,19 @@ impl FulfillError {
     pub fn is_transient(&self) -> bool {
         match self {
             FulfillError::Database(e) => autokey_shared::db::is_transient(e),
-            _ => false,
+            // Counted as a failed attempt and retried; repeated panics end in the dead state.
+            FulfillError::Panicked(_) => true,
+            FulfillError::OrderMissing(_) => false,
         }
     }
 }
 
 /// Runs the fulfillment of `order_id` in its own transaction.
-pub async fn fulfill_order(pool: &PgPool, order_id: Uuid, lock_timeout: Duration) -> Result<Outcome, FulfillError> {
+pub async fn fulfill_order(
+    pool: &PgPool,
+    order_id: Uuid,
+    lock_timeout: Duration,
+) -> Result<Outcome, FulfillError> {
     let mut tx = pool.begin().await?;
     set_lock_timeout(&mut tx, lock_timeout).await?;
     let outcome = fulfill_in(&mut tx, order_id).await?;
@@ -47,7 +55,10 @@ pub async fn fulfill_order(pool: &PgPool, order_id: Uuid, lock_timeout: Duration
 
 /// A fulfillment that waits on a lock longer than this fails (transiently) instead of
 /// holding a worker slot hostage.
-pub async fn set_lock_timeout(conn: &mut PgConnection, timeout: Duration) -> Result<(), sqlx::Error> {
+pub async fn set_lock_timeout(
+    conn: &mut PgConnection,
+    timeout: Duration,
+) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT set_config('lock_timeout', $1, true)")
         .bind(format!("{}ms", timeout.as_millis().max(1)))
         .execute(conn)
@@ -67,29 +78,45 @@ pub async fn fulfill_in(conn: &mut PgConnection, order_id: Uuid) -> Result<Outco
         return Ok(Outcome::NothingToDo);
     }
     // MANUAL offers have no pool: their delivery is not automatic.
-    let Some(pool_id) = pool_id else { return Ok(Outcome::NothingToDo) };
+    let Some(pool_id) = pool_id else {
+        return Ok(Outcome::NothingToDo);
+    };
     let quantity = i64::from(quantity);
 
-    let reserved: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM keys WHERE order_id = $1 AND status = 'RESERVED'")
-        .bind(order_id)
-        .fetch_all(&mut *conn)
-        .await?;
+    let reserved: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM keys WHERE order_id = $1 AND status = 'RESERVED'")
+            .bind(order_id)
+            .fetch_all(&mut *conn)
+            .await?;
     let need = quantity - reserved.len() as i64;
-    let claimed = if need > 0 { claim_available(conn, pool_id, need).await? } else { Vec::new() };
+    let claimed = if need > 0 {
+        claim_available(conn, pool_id, need).await?
+    } else {
+        Vec::new()
+    };
 
     if reserved.len() + claimed.len() < quantity as usize {
         reserve(conn, order_id, &claimed).await?;
-        return Ok(Outcome::Backordered { reserved: (reserved.len() + claimed.len()) as i64, quantity });
+        return Ok(Outcome::Backordered {
+            reserved: (reserved.len() + claimed.len()) as i64,
+            quantity,
+        });
     }
     let mut all = reserved;
     all.extend(claimed);
     deliver(conn, order_id, &all).await?;
-    Ok(Outcome::Fulfilled { keys: all.len() as i64 })
+    Ok(Outcome::Fulfilled {
+        keys: all.len() as i64,
+    })
 }
 
 /// Locks up to `n` available keys of the pool, oldest first, skipping keys another
 /// transaction holds. Walks the partial index `keys_claim_idx`.
-async fn claim_available(conn: &mut PgConnection, pool_id: Uuid, n: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+async fn claim_available(
+    conn: &mut PgConnection,
+    pool_id: Uuid,
+    n: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT id FROM keys WHERE pool_id = $1 AND status = 'AVAILABLE'
          ORDER BY created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED",
@@ -100,7 +127,11 @@ async fn claim_available(conn: &mut PgConnection, pool_id: Uuid, n: i64) -> Resu
     .await
 }
 
-async fn reserve(conn: &mut PgConnection, order_id: Uuid, keys: &[Uuid]) -> Result<(), sqlx::Error> {
+async fn reserve(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    keys: &[Uuid],
+) -> Result<(), sqlx::Error> {
     if keys.is_empty() {
         return Ok(());
     }
@@ -115,7 +146,11 @@ async fn reserve(conn: &mut PgConnection, order_id: Uuid, keys: &[Uuid]) -> Resu
     Ok(())
 }
 
-async fn deliver(conn: &mut PgConnection, order_id: Uuid, keys: &[Uuid]) -> Result<(), sqlx::Error> {
+async fn deliver(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    keys: &[Uuid],
+) -> Result<(), sqlx::Error> {
     // The UNIQUE on order_deliveries.key_id refuses a second delivery of any key, even if
     // the status checks above were wrong.
     sqlx::query("INSERT INTO order_deliveries (order_id, key_id) SELECT $1, unnest($2::uuid[])")

@@ -40,7 +40,10 @@ pub async fn run_once(pool: &PgPool, config: &WorkerConfig) -> Result<Sweep, sql
     .fetch_one(pool)
     .await?;
     if dead > 0 {
-        tracing::error!(dead, "dead jobs need an operator: `autokey-worker retry-dead` runs them again");
+        tracing::error!(
+            dead,
+            "dead jobs need an operator: `autokey-worker retry-dead` runs them again"
+        );
     }
     if pruned > 0 {
         tracing::debug!(pruned, "finished jobs pruned");

@@ -17,16 +17,22 @@ pub struct Replenished {
     pub more_waiting: bool,
 }
 
-pub async fn replenish_pool(pool: &PgPool, pool_id: Uuid, lock_timeout: Duration) -> Result<Replenished, FulfillError> {
+pub async fn replenish_pool(
+    pool: &PgPool,
+    pool_id: Uuid,
+    lock_timeout: Duration,
+) -> Result<Replenished, FulfillError> {
     let mut done = Replenished::default();
     while done.fulfilled < MAX_ORDERS_PER_RUN {
         let mut tx = pool.begin().await?;
         set_lock_timeout(&mut tx, lock_timeout).await?;
         // One replenisher per pool at a time, so backorders are served strictly in order.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('autokey:replenish:' || $1::text, 0))")
-            .bind(pool_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('autokey:replenish:' || $1::text, 0))",
+        )
+        .bind(pool_id)
+        .execute(&mut *tx)
+        .await?;
         let next: Option<Uuid> = sqlx::query_scalar(
             "SELECT id FROM orders WHERE pool_id = $1 AND status = 'PAID' ORDER BY paid_at, id LIMIT 1",
         )

@@ -61,9 +61,15 @@ struct Ctx {
 /// A unique identity per process start, so a restarted process under the same platform
 /// name never inherits (and thus never strands) its predecessor's jobs.
 pub fn unique_name(prefix: &str) -> String {
-    let host = std::env::var("HOSTNAME").or_else(|_| std::env::var("DYNO")).unwrap_or_default();
+    let host = std::env::var("HOSTNAME")
+        .or_else(|_| std::env::var("DYNO"))
+        .unwrap_or_default();
     let ulid = ulid::Ulid::new().to_string().to_lowercase();
-    if host.is_empty() { format!("{prefix}-{ulid}") } else { format!("{prefix}-{host}-{ulid}") }
+    if host.is_empty() {
+        format!("{prefix}-{ulid}")
+    } else {
+        format!("{prefix}-{host}-{ulid}")
+    }
 }
 
 fn storage<J: Job>(pool: &PgPool, config: &WorkerConfig) -> PollWith<PostgresStorage<J>, Strategy> {
@@ -75,12 +81,19 @@ fn storage<J: Job>(pool: &PgPool, config: &WorkerConfig) -> PollWith<PostgresSto
     let strategy = Strategy::new()
         .stream(Pubsub::new(pool.clone(), J::QUEUE.to_string()))
         .interval(config.poll_interval);
-    PostgresStorage::<J>::new(pool).with_config(queue).poll_with_strategy(strategy)
+    PostgresStorage::<J>::new(pool)
+        .with_config(queue)
+        .poll_with_strategy(strategy)
 }
 
 /// Marks a failed attempt: transient errors are retried after a durable delay (and die
 /// after `MAX_ATTEMPTS`), anything else is aborted at once.
-async fn on_failure<J: Job>(ctx: &Ctx, task_id: &TaskId, attempt: usize, err: FulfillError) -> BoxDynError {
+async fn on_failure<J: Job>(
+    ctx: &Ctx,
+    task_id: &TaskId,
+    attempt: usize,
+    err: FulfillError,
+) -> BoxDynError {
     if !err.is_transient() {
         tracing::error!(queue = J::QUEUE, %task_id, error = %err, "job failed permanently; it is dead");
         return Box::new(AbortError::new(err));
@@ -99,15 +112,49 @@ async fn on_failure<J: Job>(ctx: &Ctx, task_id: &TaskId, attempt: usize, err: Fu
     Box::new(err)
 }
 
-async fn handle_fulfill(job: FulfillOrder, attempt: Attempt, task_id: TaskId, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
-    match fulfillment::fulfill_order(&ctx.pool, job.order_id, ctx.config.lock_timeout).await {
+/// Runs a handler's work, turning a panic into an ordinary (retried) failure so that one
+/// bad job cannot take the worker down.
+async fn guarded<T>(
+    work: impl std::future::Future<Output = Result<T, FulfillError>>,
+) -> Result<T, FulfillError> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(FulfillError::Panicked(what))
+        }
+    }
+}
+
+async fn handle_fulfill(
+    job: FulfillOrder,
+    attempt: Attempt,
+    task_id: TaskId,
+    ctx: Data<Ctx>,
+) -> Result<(), BoxDynError> {
+    match guarded(fulfillment::fulfill_order(
+        &ctx.pool,
+        job.order_id,
+        ctx.config.lock_timeout,
+    ))
+    .await
+    {
         Ok(outcome) => {
             match outcome {
-                Outcome::Fulfilled { keys } => tracing::info!(order_id = %job.order_id, keys, "order fulfilled"),
+                Outcome::Fulfilled { keys } => {
+                    tracing::info!(order_id = %job.order_id, keys, "order fulfilled")
+                }
                 Outcome::Backordered { reserved, quantity } => {
                     tracing::info!(order_id = %job.order_id, reserved, quantity, "order backordered; waiting for keys")
                 }
-                Outcome::NothingToDo => tracing::debug!(order_id = %job.order_id, "order not PAID; nothing to do"),
+                Outcome::NothingToDo => {
+                    tracing::debug!(order_id = %job.order_id, "order not PAID; nothing to do")
+                }
             }
             Ok(())
         }
@@ -115,8 +162,19 @@ async fn handle_fulfill(job: FulfillOrder, attempt: Attempt, task_id: TaskId, ct
     }
 }
 
-async fn handle_replenish(job: ReplenishPool, attempt: Attempt, task_id: TaskId, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
-    match replenish::replenish_pool(&ctx.pool, job.pool_id, ctx.config.lock_timeout).await {
+async fn handle_replenish(
+    job: ReplenishPool,
+    attempt: Attempt,
+    task_id: TaskId,
+    ctx: Data<Ctx>,
+) -> Result<(), BoxDynError> {
+    match guarded(replenish::replenish_pool(
+        &ctx.pool,
+        job.pool_id,
+        ctx.config.lock_timeout,
+    ))
+    .await
+    {
         Ok(done) => {
             if done.fulfilled > 0 {
                 tracing::info!(pool_id = %job.pool_id, fulfilled = done.fulfilled, "backorders served");
@@ -131,6 +189,11 @@ async fn handle_replenish(job: ReplenishPool, attempt: Attempt, task_id: TaskId,
     }
 }
 
+async fn wait_for_stop(mut rx: tokio::sync::watch::Receiver<bool>) -> Result<(), std::io::Error> {
+    let _ = rx.wait_for(|stop| *stop).await;
+    Ok(())
+}
+
 /// Runs the fulfillment and replenishment workers and the maintenance loop until
 /// `shutdown` resolves; then stops taking jobs and lets running ones finish.
 pub async fn run(
@@ -138,26 +201,21 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxDynError> {
-    let ctx = Ctx { pool: pool.clone(), config: Arc::new(config.clone()) };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-            Ok::<(), std::io::Error>(())
-        }
+    let ctx = Ctx {
+        pool: pool.clone(),
+        config: Arc::new(config.clone()),
     };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = || wait_for_stop(stop_rx.clone());
 
     let fulfill = WorkerBuilder::new(unique_name(&format!("{}-fulfill", config.name)))
         .backend(storage::<FulfillOrder>(&pool, &config))
-        .catch_panic()
         .concurrency(config.concurrency.max(1))
         .data(ctx.clone())
         .build(handle_fulfill)
         .run_until(stopped());
     let replenish = WorkerBuilder::new(unique_name(&format!("{}-replenish", config.name)))
         .backend(storage::<ReplenishPool>(&pool, &config))
-        .catch_panic()
         .concurrency(2)
         .data(ctx.clone())
         .build(handle_replenish)

@@ -1,0 +1,63 @@
+//! The Order as API.md shows it.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::OrderRow;
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Order {
+    pub id: Uuid,
+    pub buyer_id: Uuid,
+    pub offer_id: Uuid,
+    pub quantity: i32,
+    pub amount_cents: i64,
+    pub currency: String,
+    /// PENDING | PAID | FULFILLED | CANCELED
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paid_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fulfilled_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canceled_at: Option<DateTime<Utc>>,
+    /// Plaintext keys: only when FULFILLED, only to the buyer or a storefront.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Vec<DeliveredKey>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveredKey {
+    pub id: Uuid,
+    pub key: String,
+}
+
+impl Order {
+    pub fn from_row(row: OrderRow, keys: Option<Vec<DeliveredKey>>) -> Self {
+        Self {
+            id: row.id,
+            buyer_id: row.buyer_id,
+            offer_id: row.offer_id,
+            quantity: row.quantity,
+            amount_cents: row.amount_cents,
+            currency: row.currency,
+            status: row.status,
+            created_at: row.created_at,
+            paid_at: row.paid_at,
+            fulfilled_at: row.fulfilled_at,
+            canceled_at: row.canceled_at,
+            keys,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderPage {
+    pub items: Vec<Order>,
+    pub next_cursor: Option<String>,
+}

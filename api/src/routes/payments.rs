@@ -1,0 +1,192 @@
+//! Payments: the simulated `pay` for development and the provider's signed webhook.
+//! Both end in `orders::payment::mark_paid`: PAID and its fulfillment job commit together.
+
+use axum::{body::Bytes, extract::State, http::HeaderMap};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use crate::{
+    auth::Auth,
+    error::{ApiError, ApiResult, ErrorBody},
+    extract::{Json, Path},
+    orders::{self, payment, view::Order},
+    state::AppState,
+    webhook_signature,
+};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(pay_order))
+        .routes(routes!(payment_webhook))
+}
+
+/// Simulated payment (development): PENDING -> PAID and fulfillment enqueued. 404 when
+/// the operator turned simulated payments off.
+#[utoipa::path(post, path = "/orders/{id}/pay", tag = "orders", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = Order, description = "PAID (or already PAID/FULFILLED, unchanged)"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "conflict: the order is CANCELED")))]
+async fn pay_order(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Order>> {
+    if !state.settings.simulated_payments {
+        return Err(ApiError::NotFound(
+            "simulated payments are turned off".into(),
+        ));
+    }
+    let side = auth.buyer_side()?;
+    let mut tx = state.pool.begin().await?;
+    let order = orders::visible_or_404(orders::lock(&mut tx, id).await?, |o| {
+        side.may_see(o.buyer_id)
+    })?;
+    match order.status.as_str() {
+        "CANCELED" => return Err(ApiError::Conflict("the order is canceled".into())),
+        "PENDING" => {
+            payment::mark_paid(&mut tx, id, None).await?;
+            orders::audit(
+                &mut tx,
+                &auth,
+                "order.paid_simulated",
+                Some(id),
+                serde_json::json!({}),
+            )
+            .await?;
+        }
+        _ => {}
+    }
+    let order = orders::find(&mut tx, id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    tx.commit().await?;
+    Ok(Json(Order::from_row(order, None)))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentEvent {
+    /// `payment.succeeded`; other types are recorded and ignored.
+    #[serde(rename = "type")]
+    kind: String,
+    data: PaymentData,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentData {
+    order_id: Uuid,
+    payment_id: String,
+    amount_cents: i64,
+    currency: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookAck {
+    /// applied | duplicate | ignored | amount_mismatch | unknown_order | order_canceled | already_paid
+    outcome: &'static str,
+}
+
+/// The payment provider's webhook (Standard Webhooks signature). Replays of a
+/// `webhook-id` are acknowledged without effect.
+#[utoipa::path(post, path = "/webhooks/payments", tag = "payments",
+    request_body = PaymentEvent,
+    params(
+        ("webhook-id" = String, Header), ("webhook-timestamp" = i64, Header, description = "unix seconds"),
+        ("webhook-signature" = String, Header, description = "v1,<base64 HMAC-SHA256>, space-separated list allowed"),
+    ),
+    responses((status = 200, body = WebhookAck), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody, description = "bad or missing signature, or stale timestamp; nothing written")))]
+async fn payment_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<WebhookAck>> {
+    let secret = state
+        .settings
+        .webhook_secret
+        .as_ref()
+        .ok_or(ApiError::Unauthorized)?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let now = chrono::Utc::now().timestamp();
+    webhook_signature::verify(
+        secret.expose_secret(),
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+        &body,
+        now,
+    )
+    .map_err(|e| {
+        tracing::warn!(reason = %e, "payment webhook refused");
+        ApiError::Unauthorized
+    })?;
+    let event_id = header("webhook-id").unwrap_or_default().to_owned();
+    let raw: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::validation(format!("body is not JSON: {e}")))?;
+    let event: PaymentEvent = serde_json::from_value(raw.clone())
+        .map_err(|e| ApiError::validation(format!("body is not a payment event: {e}")))?;
+
+    let mut tx = state.pool.begin().await?;
+    // The event id is the primary key: of concurrent deliveries of one event, one inserts
+    // and the others wait for it, then find it taken.
+    let fresh = sqlx::query(
+        "INSERT INTO payment_events (event_id, order_id, payment_id, amount_cents, currency, outcome, body)
+         VALUES ($1, $2, $3, $4, $5, 'received', $6) ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(&event_id)
+    .bind(event.data.order_id)
+    .bind(&event.data.payment_id)
+    .bind(event.data.amount_cents)
+    .bind(&event.data.currency)
+    .bind(&raw)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !fresh {
+        return Ok(Json(WebhookAck {
+            outcome: "duplicate",
+        }));
+    }
+    let outcome = apply_payment(&mut tx, &event).await?;
+    sqlx::query("UPDATE payment_events SET outcome = $2 WHERE event_id = $1")
+        .bind(&event_id)
+        .bind(outcome)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    if outcome != "applied" {
+        tracing::warn!(%event_id, order_id = %event.data.order_id, outcome, "payment event not applied");
+    }
+    Ok(Json(WebhookAck { outcome }))
+}
+
+async fn apply_payment(
+    tx: &mut sqlx::PgConnection,
+    event: &PaymentEvent,
+) -> Result<&'static str, ApiError> {
+    if event.kind != "payment.succeeded" {
+        return Ok("ignored");
+    }
+    let Some(order) = orders::lock(tx, event.data.order_id).await? else {
+        return Ok("unknown_order");
+    };
+    if order.amount_cents != event.data.amount_cents
+        || !order.currency.eq_ignore_ascii_case(&event.data.currency)
+    {
+        return Ok("amount_mismatch");
+    }
+    Ok(match order.status.as_str() {
+        "PENDING" => {
+            payment::mark_paid(tx, order.id, Some(&event.data.payment_id)).await?;
+            "applied"
+        }
+        "CANCELED" => "order_canceled",
+        _ => "already_paid",
+    })
+}
