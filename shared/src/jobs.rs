@@ -91,9 +91,9 @@ pub async fn schedule_retry(
     task_id: &str,
     delay: Duration,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE apalis.jobs SET run_at = now() + $2 WHERE id = $1")
+    sqlx::query("UPDATE apalis.jobs SET run_at = now() + $2 * interval '1 second' WHERE id = $1")
         .bind(task_id)
-        .bind(delay)
+        .bind(delay.as_secs_f64())
         .execute(conn)
         .await?;
     Ok(())

@@ -61,9 +61,9 @@ pub struct Sweep {
 async fn prune_finished_jobs(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "DELETE FROM apalis.jobs WHERE job_type LIKE 'autokey::%' AND status = 'Done'
-         AND done_at < now() - $1::interval",
+         AND done_at < now() - $1 * interval '1 second'",
     )
-    .bind(retention)
+    .bind(retention.as_secs_f64())
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
@@ -73,10 +73,10 @@ async fn prune_dead_workers(pool: &PgPool, config: &WorkerConfig) -> Result<(), 
     // Worker names are unique per process start, so old rows would pile up forever.
     let gone = config.heartbeat * (config.missed_heartbeats as u32) * 10 + Duration::from_secs(600);
     sqlx::query(
-        "DELETE FROM apalis.workers w WHERE w.worker_type LIKE 'autokey::%' AND w.last_seen < now() - $1::interval
+        "DELETE FROM apalis.workers w WHERE w.worker_type LIKE 'autokey::%' AND w.last_seen < now() - $1 * interval '1 second'
          AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.lock_by = w.id)",
     )
-    .bind(gone)
+    .bind(gone.as_secs_f64())
     .execute(pool)
     .await?;
     Ok(())
@@ -87,11 +87,11 @@ async fn prune_dead_workers(pool: &PgPool, config: &WorkerConfig) -> Result<(), 
 async fn sweep_waiting_orders(pool: &PgPool, config: &WorkerConfig) -> Result<Sweep, sqlx::Error> {
     let grace = config.heartbeat * 2;
     let orphans: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT o.id FROM orders o WHERE o.status = 'PAID' AND o.paid_at < now() - $1::interval
+        "SELECT o.id FROM orders o WHERE o.status = 'PAID' AND o.paid_at < now() - $1 * interval '1 second'
          AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.job_type = $2 AND j.idempotency_key = o.id::text)
          LIMIT 1000",
     )
-    .bind(grace)
+    .bind(grace.as_secs_f64())
     .bind(FulfillOrder::QUEUE)
     .fetch_all(pool)
     .await?;
@@ -105,12 +105,12 @@ async fn sweep_waiting_orders(pool: &PgPool, config: &WorkerConfig) -> Result<Sw
     let starving: Vec<Uuid> = sqlx::query_scalar(
         "SELECT p.id FROM key_pools p
          WHERE p.available_keys > 0
-           AND EXISTS (SELECT 1 FROM orders o WHERE o.pool_id = p.id AND o.status = 'PAID' AND o.paid_at < now() - $1::interval)
+           AND EXISTS (SELECT 1 FROM orders o WHERE o.pool_id = p.id AND o.status = 'PAID' AND o.paid_at < now() - $1 * interval '1 second')
            AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.job_type = $2
                            AND j.status IN ('Pending', 'Queued', 'Running')
                            AND convert_from(j.job, 'UTF8')::jsonb ->> 'pool_id' = p.id::text)",
     )
-    .bind(grace)
+    .bind(grace.as_secs_f64())
     .bind(ReplenishPool::QUEUE)
     .fetch_all(pool)
     .await?;

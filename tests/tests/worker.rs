@@ -1,0 +1,333 @@
+//! The worker's guarantees: idempotent jobs, durable retries, crash recovery, the
+//! sweeper, pruning, the dead state and graceful shutdown.
+
+use std::time::{Duration, Instant};
+
+use autokey_shared::jobs::{self, FulfillOrder};
+use autokey_tests::{TestApp, fixtures, spawn_app, test_worker_config};
+use autokey_worker::{fulfillment, maintenance};
+use reqwest::StatusCode;
+use serde_json::json;
+use uuid::Uuid;
+
+async fn paid_order(app: &TestApp, offer_id: Uuid, quantity: i32) -> Uuid {
+    let (buyer, _) = app.buyer().await;
+    let r = app
+        .post(
+            "/orders",
+            &buyer,
+            json!({ "offerId": offer_id, "quantity": quantity }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let id: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
+    let r = app
+        .post(&format!("/orders/{id}/pay"), &buyer, json!(null))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    id
+}
+
+async fn scalar(app: &TestApp, sql: &str, id: Uuid) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_job_run_twice_changes_nothing() {
+    let app = spawn_app().await;
+    let shop = fixtures::shop(&app, 4).await;
+    let id = paid_order(&app, shop.offer_id, 2).await;
+    let lock = Duration::from_secs(5);
+    let first = fulfillment::fulfill_order(&app.pool, id, lock)
+        .await
+        .unwrap();
+    assert_eq!(first, fulfillment::Outcome::Fulfilled { keys: 2 });
+    let second = fulfillment::fulfill_order(&app.pool, id, lock)
+        .await
+        .unwrap();
+    assert_eq!(second, fulfillment::Outcome::NothingToDo);
+    assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (2, 0, 2));
+
+    // A duplicate job through a real worker: still two deliveries.
+    let mut conn = app.pool.acquire().await.unwrap();
+    sqlx::query("DELETE FROM apalis.jobs")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    assert!(
+        jobs::enqueue(&mut conn, &FulfillOrder { order_id: id })
+            .await
+            .unwrap()
+    );
+    assert!(
+        !jobs::enqueue(&mut conn, &FulfillOrder { order_id: id })
+            .await
+            .unwrap(),
+        "one job per order"
+    );
+    let worker = app.start_worker();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while scalar(
+        &app,
+        "SELECT count(*) FROM apalis.jobs WHERE status = 'Done' AND idempotency_key = $1::text",
+        id,
+    )
+    .await
+        == 0
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.stop().await.unwrap();
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) FROM order_deliveries WHERE order_id = $1",
+            id
+        )
+        .await,
+        2
+    );
+    assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (2, 0, 2));
+}
+
+#[tokio::test]
+async fn the_database_refuses_a_second_delivery_of_a_key() {
+    let app = spawn_app().await;
+    let shop = fixtures::shop(&app, 1).await;
+    let a = paid_order(&app, shop.offer_id, 1).await;
+    fulfillment::fulfill_order(&app.pool, a, Duration::from_secs(5))
+        .await
+        .unwrap();
+    fixtures::add_keys(&app, shop.pool_id, 1).await;
+    let b = paid_order(&app, shop.offer_id, 1).await;
+    let key: Uuid = sqlx::query_scalar("SELECT key_id FROM order_deliveries WHERE order_id = $1")
+        .bind(a)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let err = sqlx::query("INSERT INTO order_deliveries (order_id, key_id) VALUES ($1, $2)")
+        .bind(b)
+        .bind(key)
+        .execute(&app.pool)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        autokey_shared::db::violated_constraint(&err),
+        Some("order_deliveries_key_unique")
+    );
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_after_a_delay_and_succeeds() {
+    let app = spawn_app().await;
+    let shop = fixtures::shop(&app, 1).await;
+    // The first two fulfillment attempts hit a serialization failure (a real
+    // database error; the sequence is not rolled back with the transaction).
+    sqlx::raw_sql(
+        "CREATE SEQUENCE fail_twice;
+         CREATE FUNCTION fail_twice() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.status = 'FULFILLED' AND nextval('fail_twice') <= 2 THEN
+             RAISE EXCEPTION 'injected' USING ERRCODE = '40001';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER fail_twice BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION fail_twice();",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let id = paid_order(&app, shop.offer_id, 1).await;
+    // Only the order's own job may run into the injected failures.
+    sqlx::query("DELETE FROM apalis.jobs WHERE job_type = 'autokey::replenish_pool'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let worker = app.start_worker();
+    app.wait_for_status(id, "FULFILLED", Duration::from_secs(20))
+        .await;
+    let took = started.elapsed();
+    worker.stop().await.unwrap();
+    let attempts = scalar(
+        &app,
+        "SELECT attempts::bigint FROM apalis.jobs WHERE idempotency_key = $1::text",
+        id,
+    )
+    .await;
+    assert_eq!(attempts, 3);
+    // Two retries with base 200 ms and exponential growth: at least 200 + 400 ms.
+    assert!(
+        took >= Duration::from_millis(600),
+        "retried too fast: {took:?}"
+    );
+    assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (0, 0, 1));
+}
+
+#[tokio::test]
+async fn a_permanently_failing_job_dies_visibly_and_an_operator_can_retry_it() {
+    let app = spawn_app().await;
+    let mut conn = app.pool.acquire().await.unwrap();
+    // A job for an order that does not exist cannot ever succeed.
+    let ghost = Uuid::now_v7();
+    jobs::enqueue(&mut conn, &FulfillOrder { order_id: ghost })
+        .await
+        .unwrap();
+    let worker = app.start_worker();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while scalar(
+        &app,
+        "SELECT count(*) FROM apalis.jobs WHERE status = 'Killed' AND idempotency_key = $1::text",
+        ghost,
+    )
+    .await
+        == 0
+    {
+        assert!(Instant::now() < deadline, "job never died");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.stop().await.unwrap();
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT attempts::bigint FROM apalis.jobs WHERE idempotency_key = $1::text",
+            ghost
+        )
+        .await,
+        1
+    );
+    assert_eq!(jobs::retry_dead(&mut conn).await.unwrap(), 1);
+    assert_eq!(scalar(&app, "SELECT count(*) FROM apalis.jobs WHERE status = 'Pending' AND idempotency_key = $1::text", ghost).await, 1);
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_leaves_nothing_stuck() {
+    let app = spawn_app().await;
+    let shop = fixtures::shop(&app, 1).await;
+    let id = paid_order(&app, shop.offer_id, 1).await;
+    // Hold the order's row lock so the first worker's job hangs inside its transaction.
+    let mut blocker = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let doomed = app.start_worker_with(autokey_worker::WorkerConfig {
+        lock_timeout: Duration::from_secs(60),
+        ..test_worker_config()
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while scalar(
+        &app,
+        "SELECT count(*) FROM apalis.jobs WHERE status = 'Running' AND idempotency_key = $1::text",
+        id,
+    )
+    .await
+        == 0
+    {
+        assert!(Instant::now() < deadline, "job never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    doomed.kill();
+    blocker.rollback().await.unwrap();
+    let started = Instant::now();
+    let survivor = app.start_worker();
+    app.wait_for_status(id, "FULFILLED", Duration::from_secs(20))
+        .await;
+    let took = started.elapsed();
+    survivor.stop().await.unwrap();
+    assert!(took < Duration::from_secs(10), "recovery took {took:?}");
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) FROM order_deliveries WHERE order_id = $1",
+            id
+        )
+        .await,
+        1
+    );
+    assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (0, 0, 1));
+}
+
+#[tokio::test]
+async fn the_sweeper_gives_a_paid_order_without_a_job_a_new_one() {
+    let app = spawn_app().await;
+    let shop = fixtures::shop(&app, 1).await;
+    let id = paid_order(&app, shop.offer_id, 1).await;
+    sqlx::query("DELETE FROM apalis.jobs")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE orders SET paid_at = now() - interval '1 minute' WHERE id = $1")
+        .bind(id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let sweep = maintenance::run_once(&app.pool, &test_worker_config())
+        .await
+        .unwrap();
+    assert_eq!(sweep.fulfill_jobs_added, 1);
+    let worker = app.start_worker();
+    app.wait_for_status(id, "FULFILLED", Duration::from_secs(10))
+        .await;
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn finished_jobs_are_pruned_after_the_retention_period() {
+    let app = spawn_app().await;
+    let shop = fixtures::shop(&app, 1).await;
+    let id = paid_order(&app, shop.offer_id, 1).await;
+    let worker = app.start_worker();
+    app.wait_for_status(id, "FULFILLED", Duration::from_secs(10))
+        .await;
+    worker.stop().await.unwrap();
+    let config = test_worker_config();
+    maintenance::run_once(&app.pool, &config).await.unwrap();
+    let left = scalar(
+        &app,
+        "SELECT count(*) FROM apalis.jobs WHERE idempotency_key = $1::text",
+        id,
+    )
+    .await;
+    assert_eq!(left, 1, "a fresh finished job is kept");
+    sqlx::query("UPDATE apalis.jobs SET done_at = now() - interval '2 hours'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let sweep = maintenance::run_once(&app.pool, &config).await.unwrap();
+    assert!(sweep.pruned >= 1);
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) FROM apalis.jobs WHERE idempotency_key = $1::text",
+            id
+        )
+        .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_returns_ok_and_a_restarted_worker_continues() {
+    let app = spawn_app().await;
+    let shop = fixtures::shop(&app, 2).await;
+    let worker = app.start_worker();
+    let a = paid_order(&app, shop.offer_id, 1).await;
+    app.wait_for_status(a, "FULFILLED", Duration::from_secs(10))
+        .await;
+    tokio::time::timeout(Duration::from_secs(10), worker.stop())
+        .await
+        .expect("stops promptly")
+        .unwrap();
+    let b = paid_order(&app, shop.offer_id, 1).await;
+    let worker = app.start_worker();
+    app.wait_for_status(b, "FULFILLED", Duration::from_secs(10))
+        .await;
+    worker.stop().await.unwrap();
+}
