@@ -6,10 +6,14 @@ pub mod cli;
 pub mod error;
 pub mod extract;
 pub mod fulfillment_wait;
+pub mod ingest;
+pub mod key_input;
 pub mod middleware;
 pub mod openapi;
+pub mod orders;
 pub mod routes;
 pub mod state;
+pub mod webhook_signature;
 
 use axum::Router;
 use tokio::net::TcpListener;
@@ -36,6 +40,11 @@ pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .merge(routes::health::router())
         .merge(routes::me::router())
+        .merge(routes::pools::router())
+        .merge(routes::upload::router())
+        .merge(routes::keys::router())
+        .merge(routes::orders::router())
+        .merge(routes::payments::router())
 }
 
 pub async fn serve(

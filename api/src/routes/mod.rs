@@ -1,4 +1,9 @@
 //! HTTP routes, one module per resource.
 
 pub mod health;
+pub mod keys;
 pub mod me;
+pub mod orders;
+pub mod payments;
+pub mod pools;
+pub mod upload;

@@ -1,0 +1,338 @@
+//! Writing uploaded keys into a pool, a batch per transaction, with the upload report.
+//!
+//! Deduplication is the database's: the UNIQUE fingerprint decides which of two
+//! concurrent uploads of a key stores it, and a lost line is `already_exists` unless the
+//! winning row carries this upload's `upload_batch_id` (then `duplicate_in_upload`). So
+//! no set of everything seen is kept in memory, however long the upload.
+//!
+//! The request parses, validates and seals (on the blocking pool) while a writer task
+//! stores the previous batch, so the CPU and the database work side by side. Batches
+//! commit one after the other, in line order, so the first occurrence of a repeated key
+//! is the one stored. Memory stays bounded by a few batches: the channel holds one.
+
+use std::{collections::HashSet, sync::Arc};
+
+use autokey_shared::{
+    jobs::{self, ReplenishPool},
+    vault::Vault,
+};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use tokio::{sync::mpsc, task::JoinHandle};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{error::ApiError, key_input};
+
+/// Keys written per transaction: large enough to amortize a round trip and a commit,
+/// small enough to keep memory and lock time low.
+pub const BATCH_SIZE: usize = 4000;
+
+/// How many entries of each problem list a report carries; the counts are complete.
+pub const REPORT_LIMIT: usize = 1000;
+
+const DUPLICATE_IN_UPLOAD: &str = "duplicate_in_upload";
+const ALREADY_EXISTS: &str = "already_exists";
+
+/// A rejected line of an upload.
+#[derive(Debug, Clone, Serialize, ToSchema, PartialEq, Eq)]
+pub struct LineIssue {
+    /// 1-based position in the upload (JSON element i is line i+1; in text, the physical
+    /// line, blank lines included).
+    pub line: u64,
+    /// For `duplicates`: `duplicate_in_upload` or `already_exists`. For `invalid`:
+    /// `empty`, `too_short` (< 5 characters), `too_long` (> 255 characters),
+    /// `control_character` or `invalid_utf8`.
+    pub reason: &'static str,
+}
+
+/// The first [`REPORT_LIMIT`] issues of one kind, in line order, and how many in all.
+#[derive(Debug, Default)]
+pub struct Issues {
+    pub listed: Vec<LineIssue>,
+    pub count: u64,
+}
+
+impl Issues {
+    fn push(&mut self, line: u64, reason: &'static str) {
+        self.count += 1;
+        if self.listed.len() < REPORT_LIMIT {
+            self.listed.push(LineIssue { line, reason });
+        }
+    }
+
+    pub fn truncated(&self) -> bool {
+        self.count > self.listed.len() as u64
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub added: u64,
+    pub duplicates: Issues,
+    pub invalid: Issues,
+}
+
+/// Valid keys of an upload with their line numbers, in line order.
+type Batch = Vec<(u64, String)>;
+
+/// A batch ready to be stored, and the lines it dropped as repeats of earlier ones.
+struct Prepared {
+    rows: Vec<Row>,
+    repeated: Lost,
+}
+
+/// One upload into one pool: takes lines, hands sealed batches to the writer, builds
+/// the report.
+pub struct Ingest {
+    vault: Arc<Vault>,
+    pool_id: Uuid,
+    pending: Batch,
+    invalid: Issues,
+    batches: mpsc::Sender<Prepared>,
+    writer: JoinHandle<Result<Written, ApiError>>,
+}
+
+impl Ingest {
+    pub fn start(db: PgPool, vault: Arc<Vault>, pool_id: Uuid) -> Self {
+        let (batches, rx) = mpsc::channel(1);
+        let target = Target {
+            db,
+            pool_id,
+            upload_id: Uuid::now_v7(),
+        };
+        Self {
+            vault,
+            pool_id,
+            pending: Vec::with_capacity(BATCH_SIZE),
+            invalid: Issues::default(),
+            batches,
+            writer: tokio::spawn(target.run(rx)),
+        }
+    }
+
+    /// Takes line `line` of the upload (untrimmed), valid or not.
+    pub fn offer(&mut self, line: u64, raw: &str) {
+        match key_input::validate(raw) {
+            Ok(key) => self.pending.push((line, key.to_owned())),
+            Err(reason) => self.reject(line, reason),
+        }
+    }
+
+    pub fn reject(&mut self, line: u64, reason: key_input::Invalid) {
+        self.invalid.push(line, reason.as_str());
+    }
+
+    /// Whether enough keys are waiting for a batch.
+    pub fn batch_full(&self) -> bool {
+        self.pending.len() >= BATCH_SIZE
+    }
+
+    /// Seals the waiting keys and hands them to the writer; waits while it is busy
+    /// (backpressure). Fails with the writer's error once the writer stopped on one.
+    pub async fn flush(&mut self) -> Result<(), ApiError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(BATCH_SIZE));
+        let (vault, pool_id) = (self.vault.clone(), self.pool_id);
+        let prepared = tokio::task::spawn_blocking(move || prepare(&vault, pool_id, batch))
+            .await
+            .map_err(ApiError::internal)?;
+        if self.batches.send(prepared).await.is_err() {
+            return Err(self.writer_error().await);
+        }
+        Ok(())
+    }
+
+    /// Writes what is left, waits for the writer and returns the report.
+    pub async fn finish(mut self) -> Result<Report, ApiError> {
+        self.flush().await?;
+        drop(self.batches);
+        let written = self.writer.await.map_err(ApiError::internal)??;
+        Ok(Report {
+            added: written.added,
+            duplicates: written.duplicates,
+            invalid: self.invalid,
+        })
+    }
+
+    async fn writer_error(&mut self) -> ApiError {
+        match (&mut self.writer).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => ApiError::Internal("the key writer stopped early".into()),
+            Err(e) => ApiError::internal(e),
+        }
+    }
+}
+
+/// What the writer did.
+#[derive(Default)]
+struct Written {
+    added: u64,
+    duplicates: Issues,
+}
+
+/// Where an upload's batches go.
+struct Target {
+    db: PgPool,
+    pool_id: Uuid,
+    upload_id: Uuid,
+}
+
+/// A key ready to be written: sealed for its row, known only by its fingerprint.
+struct Row {
+    line: u64,
+    id: Uuid,
+    fingerprint: [u8; 32],
+    ciphertext: Vec<u8>,
+    nonce: [u8; 12],
+    enc_key_id: String,
+}
+
+/// What became of a batch's lines that were not stored, in line order.
+type Lost = Vec<(u64, &'static str)>;
+
+impl Target {
+    /// Stores batches as they come, one transaction each, in order.
+    async fn run(self, mut batches: mpsc::Receiver<Prepared>) -> Result<Written, ApiError> {
+        let mut written = Written::default();
+        while let Some(Prepared { rows, mut repeated }) = batches.recv().await {
+            let mut attempt = 0;
+            let (added, lost) = loop {
+                attempt += 1;
+                match self.store(&rows).await {
+                    Err(e) if attempt < 3 && autokey_shared::db::is_transient(&e) => continue,
+                    other => break other?,
+                }
+            };
+            written.added += added;
+            repeated.extend(lost);
+            repeated.sort_unstable();
+            for (line, reason) in repeated {
+                written.duplicates.push(line, reason);
+            }
+        }
+        Ok(written)
+    }
+
+    /// Inserts the rows in one transaction, together with the replenishment job when
+    /// any was stored; returns how many were stored and why the others were not.
+    async fn store(&self, rows: &[Row]) -> Result<(u64, Lost), sqlx::Error> {
+        let mut tx = self.db.begin().await?;
+        let stored = insert_rows(&mut tx, self.pool_id, self.upload_id, rows).await?;
+        let lost: Vec<&Row> = rows
+            .iter()
+            .filter(|r| !stored.contains(&r.fingerprint))
+            .collect();
+        let ours = stored_by_upload(&mut tx, self.upload_id, &lost).await?;
+        if !stored.is_empty() {
+            // Paid orders waiting for keys of this pool get served once these commit.
+            let job = ReplenishPool {
+                pool_id: self.pool_id,
+            };
+            jobs::enqueue(&mut tx, &job).await?;
+        }
+        tx.commit().await?;
+        let lost = lost
+            .iter()
+            .map(|r| {
+                let reason = if ours.contains(&r.fingerprint) {
+                    DUPLICATE_IN_UPLOAD
+                } else {
+                    ALREADY_EXISTS
+                };
+                (r.line, reason)
+            })
+            .collect();
+        Ok((stored.len() as u64, lost))
+    }
+}
+
+/// Dedupes a batch, seals each key for a fresh row id, and orders the rows by
+/// fingerprint: concurrent uploads then take their row locks in the same order and
+/// cannot deadlock on one another. Also returns the lines repeating an earlier one.
+fn prepare(vault: &Vault, pool_id: Uuid, batch: Batch) -> Prepared {
+    let mut seen = HashSet::with_capacity(batch.len());
+    let mut rows = Vec::with_capacity(batch.len());
+    let mut repeated = Vec::new();
+    for (line, key) in batch {
+        let fingerprint = vault.fingerprint(&key);
+        if !seen.insert(fingerprint) {
+            repeated.push((line, DUPLICATE_IN_UPLOAD));
+            continue;
+        }
+        let id = Uuid::now_v7();
+        let sealed = vault.seal(id, pool_id, &key);
+        rows.push(Row {
+            line,
+            id,
+            fingerprint,
+            ciphertext: sealed.ciphertext,
+            nonce: sealed.nonce,
+            enc_key_id: sealed.enc_key_id,
+        });
+    }
+    rows.sort_unstable_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
+    Prepared { rows, repeated }
+}
+
+/// Inserts `rows` (in fingerprint order), skipping fingerprints that exist; returns the
+/// fingerprints it stored.
+async fn insert_rows(
+    conn: &mut PgConnection,
+    pool_id: Uuid,
+    upload_id: Uuid,
+    rows: &[Row],
+) -> Result<HashSet<[u8; 32]>, sqlx::Error> {
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let ciphertexts: Vec<&[u8]> = rows.iter().map(|r| &r.ciphertext[..]).collect();
+    let nonces: Vec<&[u8]> = rows.iter().map(|r| &r.nonce[..]).collect();
+    let enc_key_ids: Vec<&str> = rows.iter().map(|r| r.enc_key_id.as_str()).collect();
+    let fingerprints: Vec<&[u8]> = rows.iter().map(|r| &r.fingerprint[..]).collect();
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar(
+        "INSERT INTO keys (id, pool_id, ciphertext, nonce, enc_key_id, fingerprint, upload_batch_id)
+         SELECT r.id, $6, r.ciphertext, r.nonce, r.enc_key_id, r.fingerprint, $7
+         FROM UNNEST($1::uuid[], $2::bytea[], $3::bytea[], $4::text[], $5::bytea[])
+              AS r (id, ciphertext, nonce, enc_key_id, fingerprint)
+         ORDER BY r.fingerprint
+         ON CONFLICT (fingerprint) DO NOTHING
+         RETURNING fingerprint",
+    )
+    .bind(ids)
+    .bind(ciphertexts)
+    .bind(nonces)
+    .bind(enc_key_ids)
+    .bind(fingerprints)
+    .bind(pool_id)
+    .bind(upload_id)
+    .fetch_all(conn)
+    .await?;
+    Ok(stored
+        .into_iter()
+        .filter_map(|f| <[u8; 32]>::try_from(f).ok())
+        .collect())
+}
+
+/// Which of the `lost` rows' fingerprints this same upload stored (in another batch).
+async fn stored_by_upload(
+    conn: &mut PgConnection,
+    upload_id: Uuid,
+    lost: &[&Row],
+) -> Result<HashSet<[u8; 32]>, sqlx::Error> {
+    if lost.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let fingerprints: Vec<&[u8]> = lost.iter().map(|r| &r.fingerprint[..]).collect();
+    let ours: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT fingerprint FROM keys WHERE fingerprint = ANY($1) AND upload_batch_id = $2",
+    )
+    .bind(fingerprints)
+    .bind(upload_id)
+    .fetch_all(conn)
+    .await?;
+    Ok(ours
+        .into_iter()
+        .filter_map(|f| <[u8; 32]>::try_from(f).ok())
+        .collect())
+}
