@@ -40,6 +40,21 @@ fn project_migrator() -> Migrator {
     m
 }
 
+/// A digest of the embedded migrations (ours and the job queue's): names a migrated
+/// template database in tests, so a schema change never reuses a stale one.
+pub fn migrations_fingerprint() -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for m in MIGRATOR
+        .iter()
+        .chain(apalis_postgres::PostgresStorage::migrations().iter())
+    {
+        h.update(m.version.to_le_bytes());
+        h.update(&m.checksum);
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
 /// Applies every pending migration: the job queue's first, then the project's.
 /// Idempotent, and safe while old processes still serve (sqlx holds an advisory lock).
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {

@@ -1,9 +1,6 @@
 //! A fresh database per test, cloned from a template migrated once per migration set.
 
-use std::{
-    hash::{DefaultHasher, Hash, Hasher},
-    str::FromStr,
-};
+use std::str::FromStr;
 
 use sqlx::{Connection, PgConnection, PgPool, postgres::PgConnectOptions};
 use uuid::Uuid;
@@ -22,13 +19,10 @@ fn options(db: &str) -> PgConnectOptions {
 }
 
 fn template_name() -> String {
-    let mut h = DefaultHasher::new();
-    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations")).unwrap() {
-        let path = entry.unwrap().path();
-        path.file_name().hash(&mut h);
-        std::fs::read(&path).unwrap().hash(&mut h);
-    }
-    format!("autokey_test_tmpl_{:016x}", h.finish())
+    format!(
+        "autokey_test_tmpl_{}",
+        autokey_shared::db::migrations_fingerprint()
+    )
 }
 
 async fn admin() -> PgConnection {

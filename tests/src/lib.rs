@@ -263,6 +263,29 @@ impl TestApp {
         }
     }
 
+    /// Waits until the fulfillment job of `order_id` has `status` (the worker acknowledges a
+    /// job just after the order's own transaction commits).
+    pub async fn wait_for_job(&self, order_id: Uuid, status: &str, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let s: Option<String> = sqlx::query_scalar(
+                "SELECT status FROM apalis.jobs WHERE job_type = 'autokey::fulfill_order' AND idempotency_key = $1",
+            )
+            .bind(order_id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .unwrap();
+            if s.as_deref() == Some(status) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job of {order_id} is {s:?}, expected {status}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Signs and posts a payment webhook.
     pub async fn webhook(&self, id: &str, timestamp: i64, body: &str, secret: &[u8]) -> Reply {
         let sig = autokey_api::webhook_signature::sign(secret, id, timestamp, body.as_bytes());

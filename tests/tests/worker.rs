@@ -132,8 +132,10 @@ async fn a_transient_failure_is_retried_after_a_delay_and_succeeds() {
         "CREATE SEQUENCE fail_twice;
          CREATE FUNCTION fail_twice() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
-           IF NEW.status = 'FULFILLED' AND nextval('fail_twice') <= 2 THEN
-             RAISE EXCEPTION 'injected' USING ERRCODE = '40001';
+           IF NEW.status = 'FULFILLED' THEN
+             IF nextval('fail_twice') <= 2 THEN
+               RAISE EXCEPTION 'injected' USING ERRCODE = '40001';
+             END IF;
            END IF;
            RETURN NEW;
          END $$;
@@ -153,6 +155,7 @@ async fn a_transient_failure_is_retried_after_a_delay_and_succeeds() {
     app.wait_for_status(id, "FULFILLED", Duration::from_secs(20))
         .await;
     let took = started.elapsed();
+    app.wait_for_job(id, "Done", Duration::from_secs(10)).await;
     worker.stop().await.unwrap();
     let attempts = scalar(
         &app,
@@ -328,6 +331,56 @@ async fn graceful_shutdown_returns_ok_and_a_restarted_worker_continues() {
     let b = paid_order(&app, shop.offer_id, 1).await;
     let worker = app.start_worker();
     app.wait_for_status(b, "FULFILLED", Duration::from_secs(10))
+        .await;
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn backorders_are_served_oldest_paid_first() {
+    let app = spawn_app().await;
+    let shop = fixtures::shop(&app, 1).await;
+    let (buyer, _) = app.buyer().await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let r = app
+            .post("/orders", &buyer, json!({ "offerId": shop.offer_id }))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        ids.push(r.body["id"].as_str().unwrap().parse::<Uuid>().unwrap());
+    }
+    let (older, younger) = (ids[0], ids[1]);
+    sqlx::query("UPDATE keys SET status = 'INVALID', invalidated_at = now() WHERE pool_id = $1")
+        .bind(shop.pool_id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.post(&format!("/orders/{older}/pay"), &buyer, json!(null))
+        .await;
+    assert!(matches!(
+        fulfillment::fulfill_order(&app.pool, older, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        fulfillment::Outcome::Backordered {
+            reserved: 0,
+            quantity: 1
+        }
+    ));
+    app.post(&format!("/orders/{younger}/pay"), &buyer, json!(null))
+        .await;
+    // One key arrives while both wait; the younger order's own job is still queued.
+    fixtures::add_keys(&app, shop.pool_id, 1).await;
+    let worker = app.start_worker();
+    app.wait_for_status(older, "FULFILLED", Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let younger_status: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+        .bind(younger)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(younger_status, "PAID");
+    fixtures::add_keys(&app, shop.pool_id, 1).await;
+    app.wait_for_status(younger, "FULFILLED", Duration::from_secs(10))
         .await;
     worker.stop().await.unwrap();
 }

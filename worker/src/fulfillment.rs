@@ -89,14 +89,24 @@ pub async fn fulfill_in(conn: &mut PgConnection, order_id: Uuid) -> Result<Outco
             .fetch_all(&mut *conn)
             .await?;
     let need = quantity - reserved.len() as i64;
-    let claimed = if need > 0 {
-        claim_available(conn, pool_id, need).await?
-    } else {
+    let claimed = if need <= 0 {
         Vec::new()
+    } else if older_order_waits(conn, pool_id, order_id).await? {
+        // Keys that arrive go to the oldest waiting order first (the replenisher serves
+        // them in order); this one queues behind.
+        Vec::new()
+    } else {
+        claim_available(conn, pool_id, need).await?
     };
 
     if reserved.len() + claimed.len() < quantity as usize {
         reserve(conn, order_id, &claimed).await?;
+        sqlx::query(
+            "UPDATE orders SET backordered_at = coalesce(backordered_at, now()) WHERE id = $1",
+        )
+        .bind(order_id)
+        .execute(&mut *conn)
+        .await?;
         return Ok(Outcome::Backordered {
             reserved: (reserved.len() + claimed.len()) as i64,
             quantity,
@@ -108,6 +118,24 @@ pub async fn fulfill_in(conn: &mut PgConnection, order_id: Uuid) -> Result<Outco
     Ok(Outcome::Fulfilled {
         keys: all.len() as i64,
     })
+}
+
+/// Whether an order of this pool that was paid earlier is already waiting for keys.
+async fn older_order_waits(
+    conn: &mut PgConnection,
+    pool_id: Uuid,
+    order_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (
+             SELECT 1 FROM orders o, orders me
+             WHERE me.id = $2 AND o.pool_id = $1 AND o.status = 'PAID' AND o.backordered_at IS NOT NULL
+               AND (o.paid_at, o.id) < (me.paid_at, me.id))",
+    )
+    .bind(pool_id)
+    .bind(order_id)
+    .fetch_one(conn)
+    .await
 }
 
 /// Locks up to `n` available keys of the pool, oldest first, skipping keys another
