@@ -45,6 +45,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::keys::router())
         .merge(routes::orders::router())
         .merge(routes::payments::router())
+        .merge(routes::metrics::router())
 }
 
 pub async fn serve(

@@ -18,6 +18,7 @@ pub async fn log_errors(request: Request, next: Next) -> Response {
     let path = request.uri().path().to_owned();
     let response = next.run(request).await;
     let status = response.status();
+    crate::routes::metrics::count_response(status.as_u16());
     if status.is_server_error() {
         let cause = response
             .extensions()

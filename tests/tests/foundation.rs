@@ -114,3 +114,38 @@ async fn docs_are_served_and_the_spec_is_openapi_3() {
     let html = docs.text().await.unwrap();
     assert!(html.to_lowercase().contains("swagger"), "{html}");
 }
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_with_key_order_and_job_gauges() {
+    let app = spawn_app().await;
+    let shop = autokey_tests::fixtures::shop(&app, 3).await;
+    let resp = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("autokey_keys{status=\"AVAILABLE\"} 3"),
+        "{text}"
+    );
+    assert!(text.contains("autokey_orders_paid_waiting 0"), "{text}");
+    assert!(
+        text.contains("autokey_jobs{queue=\"autokey::replenish_pool\",status=\"Pending\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("autokey_jobs_dead 0"), "{text}");
+    assert!(
+        text.contains("autokey_http_responses_total{class=\"2xx\"}"),
+        "{text}"
+    );
+    let _ = shop;
+}

@@ -7,3 +7,4 @@ pub mod orders;
 pub mod payments;
 pub mod pools;
 pub mod upload;
+pub mod metrics;
