@@ -43,6 +43,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::pools::router())
         .merge(routes::upload::router())
         .merge(routes::keys::router())
+        .merge(routes::offers::router())
+        .merge(routes::console::router())
         .merge(routes::orders::router())
         .merge(routes::payments::router())
         .merge(routes::metrics::router())

@@ -1,8 +1,10 @@
 //! HTTP routes, one module per resource.
 
+pub mod console;
 pub mod health;
 pub mod keys;
 pub mod me;
+pub mod offers;
 pub mod orders;
 pub mod payments;
 pub mod pools;

@@ -1,0 +1,507 @@
+//! Offers: what a seller sells, at what price, delivered from which key pool, with live
+//! availability computed from the pool's counters.
+
+use autokey_shared::{availability, tokens::Role};
+use axum::{extract::State, http::StatusCode};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use crate::{
+    auth::Auth,
+    error::{ApiError, ErrorBody},
+    extract::{Json, Path},
+    state::AppState,
+};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(save_draft))
+        .routes(routes!(publish))
+        .routes(routes!(set_status))
+        .routes(routes!(seller_offers))
+        .routes(routes!(get_offer))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeliveryType {
+    AutoKey,
+    Manual,
+}
+
+impl DeliveryType {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeliveryType::AutoKey => "AUTO_KEY",
+            DeliveryType::Manual => "MANUAL",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OfferStatus {
+    Draft,
+    Active,
+    Inactive,
+}
+
+impl OfferStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            OfferStatus::Draft => "draft",
+            OfferStatus::Active => "active",
+            OfferStatus::Inactive => "inactive",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Availability {
+    InStock,
+    OutOfStock,
+}
+
+/// An offer. `autoKeyAvailableCount`: for AUTO_KEY, the pool's keys that can still be
+/// sold (AVAILABLE keys minus units paid for and not yet delivered, never below 0); for
+/// MANUAL, `stockCount` (0 when unset). `availability` is `in_stock` when it is > 0.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Offer {
+    id: Uuid,
+    seller_id: Uuid,
+    title: String,
+    price_cents: i64,
+    currency: String,
+    delivery_type: DeliveryType,
+    key_pool_id: Option<Uuid>,
+    /// The seller's declared stock of a MANUAL offer.
+    stock_count: Option<i32>,
+    status: OfferStatus,
+    availability: Availability,
+    auto_key_available_count: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct OfferRow {
+    id: Uuid,
+    seller_id: Uuid,
+    title: String,
+    price_cents: i64,
+    currency: String,
+    delivery_type: String,
+    key_pool_id: Option<Uuid>,
+    stock_count: Option<i32>,
+    status: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+macro_rules! offer_columns {
+    () => {
+        "id, seller_id, title, price_cents, currency, delivery_type, key_pool_id, stock_count, \
+         status, created_at, updated_at"
+    };
+}
+
+impl OfferRow {
+    fn delivery_type(&self) -> DeliveryType {
+        if self.delivery_type == "AUTO_KEY" {
+            DeliveryType::AutoKey
+        } else {
+            DeliveryType::Manual
+        }
+    }
+
+    fn status(&self) -> OfferStatus {
+        match self.status.as_str() {
+            "active" => OfferStatus::Active,
+            "inactive" => OfferStatus::Inactive,
+            _ => OfferStatus::Draft,
+        }
+    }
+
+    /// The offer as shown, given its pool's sellable count (AUTO_KEY offers).
+    fn into_offer(self, pool_sellable: Option<i64>) -> Offer {
+        let count = match self.delivery_type() {
+            DeliveryType::AutoKey => pool_sellable.unwrap_or(0),
+            DeliveryType::Manual => i64::from(self.stock_count.unwrap_or(0)),
+        };
+        Offer {
+            id: self.id,
+            seller_id: self.seller_id,
+            delivery_type: self.delivery_type(),
+            status: self.status(),
+            availability: if count > 0 {
+                Availability::InStock
+            } else {
+                Availability::OutOfStock
+            },
+            auto_key_available_count: count,
+            title: self.title,
+            price_cents: self.price_cents,
+            currency: self.currency,
+            key_pool_id: self.key_pool_id,
+            stock_count: self.stock_count,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+/// Adds live availability to one offer row.
+async fn present(conn: &mut PgConnection, row: OfferRow) -> Result<Offer, ApiError> {
+    let sellable = match (row.delivery_type(), row.key_pool_id) {
+        (DeliveryType::AutoKey, Some(pool_id)) => {
+            Some(availability::auto_key_available(conn, pool_id).await?)
+        }
+        _ => None,
+    };
+    Ok(row.into_offer(sellable))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Draft {
+    /// The draft to update; omitted to create one.
+    id: Option<Uuid>,
+    #[schema(min_length = 1, max_length = 200)]
+    title: String,
+    #[schema(minimum = 0)]
+    price_cents: i64,
+    /// ISO 4217 code, three upper-case letters.
+    #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
+    currency: String,
+    delivery_type: DeliveryType,
+    /// One of the seller's key pools; required to publish an AUTO_KEY offer.
+    key_pool_id: Option<Uuid>,
+    /// Declared stock of a MANUAL offer; not used by AUTO_KEY offers.
+    #[schema(minimum = 0)]
+    stock_count: Option<i32>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Publish {
+    offer_id: Uuid,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StatusChange {
+    status: OfferStatus,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OfferList {
+    items: Vec<Offer>,
+}
+
+/// Checks a draft's fields; returns the title as stored (trimmed).
+async fn validate_draft(
+    conn: &mut PgConnection,
+    seller_id: Uuid,
+    draft: &Draft,
+) -> Result<String, ApiError> {
+    let title = draft.title.trim();
+    if title.is_empty() || title.chars().count() > 200 {
+        return Err(ApiError::validation("title must be 1 to 200 characters"));
+    }
+    if draft.price_cents < 0 {
+        return Err(ApiError::validation("priceCents must be 0 or more"));
+    }
+    if draft.currency.len() != 3 || !draft.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(ApiError::validation(
+            "currency must be a 3-letter upper-case ISO 4217 code",
+        ));
+    }
+    if draft.stock_count.is_some_and(|n| n < 0) {
+        return Err(ApiError::validation("stockCount must be 0 or more"));
+    }
+    if let Some(pool_id) = draft.key_pool_id {
+        let own: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM key_pools WHERE id = $1 AND seller_id = $2)",
+        )
+        .bind(pool_id)
+        .bind(seller_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        if !own {
+            return Err(ApiError::validation(
+                "keyPoolId must be one of your key pools",
+            ));
+        }
+    }
+    Ok(title.to_owned())
+}
+
+/// The seller's offer `id`, locked for update; another seller's is not found.
+async fn lock_own(
+    conn: &mut PgConnection,
+    seller_id: Uuid,
+    id: Uuid,
+) -> Result<OfferRow, ApiError> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        offer_columns!(),
+        " FROM offers WHERE id = $1 AND seller_id = $2 FOR UPDATE"
+    ))
+    .bind(id)
+    .bind(seller_id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or_else(ApiError::not_found)
+}
+
+async fn insert_draft(
+    conn: &mut PgConnection,
+    seller_id: Uuid,
+    title: &str,
+    d: &Draft,
+) -> Result<OfferRow, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "INSERT INTO offers (id, seller_id, title, price_cents, currency, delivery_type,
+                             key_pool_id, stock_count)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
+        offer_columns!()
+    ))
+    .bind(Uuid::now_v7())
+    .bind(seller_id)
+    .bind(title)
+    .bind(d.price_cents)
+    .bind(&d.currency)
+    .bind(d.delivery_type.as_str())
+    .bind(d.key_pool_id)
+    .bind(d.stock_count)
+    .fetch_one(conn)
+    .await
+}
+
+async fn update_draft(
+    conn: &mut PgConnection,
+    id: Uuid,
+    title: &str,
+    d: &Draft,
+) -> Result<OfferRow, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "UPDATE offers SET title = $2, price_cents = $3, currency = $4, delivery_type = $5,
+                key_pool_id = $6, stock_count = $7, updated_at = now()
+         WHERE id = $1 RETURNING ",
+        offer_columns!()
+    ))
+    .bind(id)
+    .bind(title)
+    .bind(d.price_cents)
+    .bind(&d.currency)
+    .bind(d.delivery_type.as_str())
+    .bind(d.key_pool_id)
+    .bind(d.stock_count)
+    .fetch_one(conn)
+    .await
+}
+
+async fn set_status_row(
+    conn: &mut PgConnection,
+    id: Uuid,
+    status: OfferStatus,
+) -> Result<OfferRow, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "UPDATE offers SET status = $2, updated_at = now() WHERE id = $1 RETURNING ",
+        offer_columns!()
+    ))
+    .bind(id)
+    .bind(status.as_str())
+    .fetch_one(conn)
+    .await
+}
+
+/// An offer can go live only when it can deliver: AUTO_KEY needs a pool.
+fn check_publishable(row: &OfferRow) -> Result<(), ApiError> {
+    if row.delivery_type() == DeliveryType::AutoKey && row.key_pool_id.is_none() {
+        return Err(ApiError::validation(
+            "an AUTO_KEY offer needs a keyPoolId before it is published",
+        ));
+    }
+    Ok(())
+}
+
+/// Creates a draft offer (201), or replaces the fields of one of the caller's drafts
+/// when `id` is given (200). Only drafts can be edited (409 otherwise).
+#[utoipa::path(post, path = "/offers/draft", tag = "offers", security(("bearer" = [])),
+    request_body = Draft,
+    responses(
+        (status = 201, description = "draft created", body = Offer),
+        (status = 200, description = "draft updated", body = Offer),
+        (status = 400, description = "invalid field, or keyPoolId not the caller's", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "not a seller token", body = ErrorBody),
+        (status = 404, description = "no such offer of this seller", body = ErrorBody),
+        (status = 409, description = "the offer is not a draft", body = ErrorBody),
+    ))]
+async fn save_draft(
+    auth: Auth,
+    State(state): State<AppState>,
+    Json(draft): Json<Draft>,
+) -> Result<(StatusCode, Json<Offer>), ApiError> {
+    let seller_id = auth.seller()?;
+    let mut tx = state.pool.begin().await?;
+    let (status, row) = match draft.id {
+        None => {
+            let title = validate_draft(&mut tx, seller_id, &draft).await?;
+            let row = insert_draft(&mut tx, seller_id, &title, &draft).await?;
+            (StatusCode::CREATED, row)
+        }
+        Some(id) => {
+            let current = lock_own(&mut tx, seller_id, id).await?;
+            if current.status() != OfferStatus::Draft {
+                return Err(ApiError::Conflict(
+                    "only a draft can be edited; set the offer's status to draft first".into(),
+                ));
+            }
+            let title = validate_draft(&mut tx, seller_id, &draft).await?;
+            (
+                StatusCode::OK,
+                update_draft(&mut tx, id, &title, &draft).await?,
+            )
+        }
+    };
+    let offer = present(&mut tx, row).await?;
+    tx.commit().await?;
+    Ok((status, Json(offer)))
+}
+
+/// Puts one of the caller's offers on sale (status `active`). Publishing an AUTO_KEY
+/// offer whose pool holds no key is allowed: it is then out of stock.
+#[utoipa::path(post, path = "/offers/publish", tag = "offers", security(("bearer" = [])),
+    request_body = Publish,
+    responses(
+        (status = 200, body = Offer),
+        (status = 400, description = "AUTO_KEY offer without keyPoolId, or invalid body", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "not a seller token", body = ErrorBody),
+        (status = 404, description = "no such offer of this seller", body = ErrorBody),
+    ))]
+async fn publish(
+    auth: Auth,
+    State(state): State<AppState>,
+    Json(body): Json<Publish>,
+) -> Result<Json<Offer>, ApiError> {
+    change_status(auth, state, body.offer_id, OfferStatus::Active).await
+}
+
+/// Sets the status of one of the caller's offers (`active` as with publish).
+#[utoipa::path(patch, path = "/offers/{id}/status", tag = "offers", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    request_body = StatusChange,
+    responses(
+        (status = 200, body = Offer),
+        (status = 400, description = "AUTO_KEY offer without keyPoolId, or invalid body or id", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "not a seller token", body = ErrorBody),
+        (status = 404, description = "no such offer of this seller", body = ErrorBody),
+    ))]
+async fn set_status(
+    auth: Auth,
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    Json(body): Json<StatusChange>,
+) -> Result<Json<Offer>, ApiError> {
+    change_status(auth, state, id, body.status).await
+}
+
+async fn change_status(
+    auth: Auth,
+    state: AppState,
+    id: Uuid,
+    status: OfferStatus,
+) -> Result<Json<Offer>, ApiError> {
+    let seller_id = auth.seller()?;
+    let mut tx = state.pool.begin().await?;
+    let row = lock_own(&mut tx, seller_id, id).await?;
+    if status == OfferStatus::Active {
+        check_publishable(&row)?;
+    }
+    let row = if row.status() == status {
+        row
+    } else {
+        set_status_row(&mut tx, id, status).await?
+    };
+    let offer = present(&mut tx, row).await?;
+    tx.commit().await?;
+    Ok(Json(offer))
+}
+
+/// The caller's offers, oldest first, in every status.
+#[utoipa::path(get, path = "/seller/offers", tag = "offers", security(("bearer" = [])),
+    responses(
+        (status = 200, body = OfferList),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "not a seller token", body = ErrorBody),
+    ))]
+async fn seller_offers(
+    auth: Auth,
+    State(state): State<AppState>,
+) -> Result<Json<OfferList>, ApiError> {
+    let seller_id = auth.seller()?;
+    let mut conn = state.pool.acquire().await?;
+    let rows: Vec<OfferRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        offer_columns!(),
+        " FROM offers WHERE seller_id = $1 ORDER BY created_at, id"
+    ))
+    .bind(seller_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let pools: Vec<Uuid> = rows
+        .iter()
+        .filter(|r| r.delivery_type() == DeliveryType::AutoKey)
+        .filter_map(|r| r.key_pool_id)
+        .collect();
+    let sellable = availability::auto_key_available_many(&mut conn, &pools).await?;
+    let items = rows
+        .into_iter()
+        .map(|r| {
+            let count = r.key_pool_id.and_then(|p| sellable.get(&p).copied());
+            r.into_offer(count)
+        })
+        .collect();
+    Ok(Json(OfferList { items }))
+}
+
+/// One offer, for any role. A draft or inactive offer is visible to its seller only.
+#[utoipa::path(get, path = "/offers/{id}", tag = "offers", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = Offer),
+        (status = 400, description = "malformed id", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "no such offer, or not active and not the caller's", body = ErrorBody),
+    ))]
+async fn get_offer(
+    auth: Auth,
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Offer>, ApiError> {
+    let mut conn = state.pool.acquire().await?;
+    let row: OfferRow = sqlx::query_as(concat!(
+        "SELECT ",
+        offer_columns!(),
+        " FROM offers WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(ApiError::not_found)?;
+    let owner = auth.role() == Role::Seller && auth.subject() == Some(row.seller_id);
+    if row.status() != OfferStatus::Active && !owner {
+        return Err(ApiError::not_found());
+    }
+    Ok(Json(present(&mut conn, row).await?))
+}
