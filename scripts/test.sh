@@ -14,6 +14,10 @@ for db in $(server_sql "SELECT datname FROM pg_database WHERE datname LIKE 'auto
   server_sql "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" || true
 done
 
+log "building"
+# The CLI tests run the real binaries (target/debug/autokey-api and autokey-worker).
+cargo build --workspace --bins --locked
+
 log "running the test suite"
 # Tests mostly wait on the database, so run more of them at once than there are cores.
 cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-6}" "$@"

@@ -107,3 +107,24 @@ pub async fn fresh_database_with(max_connections: u32) -> (String, PgPool) {
         .unwrap();
     (name, pool)
 }
+
+/// An empty database (no migrations), for tests of `migrate`. Returns its URL.
+pub async fn empty_database() -> String {
+    let mut admin = admin().await;
+    let name = format!("autokey_test_{}", Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    database_url(&name)
+}
+
+/// The URL of database `name` on the test server.
+pub fn database_url(name: &str) -> String {
+    let server = server_url();
+    let base = server
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_owned())
+        .unwrap_or(server);
+    format!("{base}/{name}")
+}

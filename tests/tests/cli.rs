@@ -1,0 +1,222 @@
+//! The operator's view (OPERATIONS.md): the two binaries, their commands and start-up checks.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use autokey_tests::db;
+
+fn bin(name: &str) -> PathBuf {
+    // target/<profile>/deps/<this test> -> target/<profile>/<name>
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` (./scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A command run in an empty directory (no .env) with a clean environment.
+fn cmd(name: &str, envs: &[(&str, &str)]) -> Command {
+    let dir = std::env::temp_dir().join(format!("autokey-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut c = Command::new(bin(name));
+    c.current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c
+}
+
+fn secrets() -> Vec<(String, String)> {
+    let out = cmd("autokey-api", &[]).arg("keygen").output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap();
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn keygen_prints_fresh_secrets_in_env_format() {
+    let a = secrets();
+    let b = secrets();
+    let names: Vec<&str> = a.iter().map(|(k, _)| k.as_str()).collect();
+    for n in [
+        "ENCRYPTION_KEY",
+        "ENCRYPTION_KEY_ID",
+        "FINGERPRINT_KEY",
+        "PAYMENT_WEBHOOK_SECRET",
+    ] {
+        assert!(names.contains(&n), "{names:?}");
+    }
+    let enc = |s: &[(String, String)]| {
+        s.iter()
+            .find(|(k, _)| k == "ENCRYPTION_KEY")
+            .unwrap()
+            .1
+            .clone()
+    };
+    assert_eq!(enc(&a).len(), 64);
+    assert_ne!(enc(&a), enc(&b));
+}
+
+#[test]
+fn missing_or_malformed_settings_stop_start_up_with_one_line_naming_them() {
+    let out = cmd("autokey-api", &[]).arg("serve").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("DATABASE_URL"), "{err}");
+
+    let secret_value = "abcdef-not-hex-secret";
+    let out = cmd(
+        "autokey-api",
+        &[
+            ("DATABASE_URL", "postgres://x@127.0.0.1:1/x"),
+            ("ENCRYPTION_KEY", secret_value),
+            ("FINGERPRINT_KEY", &"0".repeat(64)),
+        ],
+    )
+    .arg("serve")
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("ENCRYPTION_KEY"), "{err}");
+    assert!(!err.contains(secret_value), "a secret leaked: {err}");
+
+    let out = cmd("autokey-worker", &[]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("DATABASE_URL")
+    );
+}
+
+#[test]
+fn help_describes_the_commands() {
+    let out = cmd("autokey-api", &[]).arg("--help").output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for word in [
+        "serve",
+        "migrate",
+        "token",
+        "keygen",
+        "DATABASE_URL",
+        "ENCRYPTION_KEY",
+        "SIMULATED_PAYMENTS",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}: {help}");
+    }
+    let out = cmd("autokey-worker", &[]).arg("--help").output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for word in ["--concurrency", "SIGTERM", "retry-dead"] {
+        assert!(help.contains(word), "--help lacks {word}: {help}");
+    }
+}
+
+#[tokio::test]
+async fn migrate_twice_then_tokens_then_a_worker_that_stops_on_sigterm() {
+    let url = db::empty_database().await;
+    let env = [("DATABASE_URL", url.as_str())];
+    for _ in 0..2 {
+        let out = cmd("autokey-api", &env).arg("migrate").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let out = cmd("autokey-api", &env)
+        .args(["token", "create", "--role", "seller"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(token.lines().count(), 1);
+    assert!(token.starts_with("ak_"));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("seller id:"), "{err}");
+    let token_id = err
+        .lines()
+        .find_map(|l| l.strip_prefix("token id: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let out = cmd("autokey-api", &env)
+        .args(["token", "revoke", &token_id])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = cmd("autokey-api", &env)
+        .args(["token", "revoke", &token_id])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a revoked token cannot be revoked again"
+    );
+    let out = cmd("autokey-api", &env)
+        .args(["token", "create", "--role", "wizard"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
+    let mut worker = cmd("autokey-worker", &env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.workers")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if n >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "worker never registered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM apalis.workers")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(
+        ids.iter()
+            .all(|id| id.len() > "autokey-worker-fulfill-".len() + 20),
+        "unique names: {ids:?}"
+    );
+    Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = worker.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "worker ignored SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+}
