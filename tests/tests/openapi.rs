@@ -1,0 +1,136 @@
+//! The OpenAPI document describes every route of API.md.
+
+use autokey_tests::spawn_app;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+/// Every (method, path) of API.md, all sections, path parameters as `{}`.
+const API_MD: &[(&str, &str)] = &[
+    // Key pools
+    ("post", "/key-pools"),
+    ("get", "/key-pools"),
+    ("get", "/key-pools/{}"),
+    ("post", "/key-pools/{}/keys/upload"),
+    ("get", "/key-pools/{}/keys"),
+    ("delete", "/key-pools/{}/keys/{}"),
+    // Offers
+    ("post", "/offers/draft"),
+    ("post", "/offers/publish"),
+    ("patch", "/offers/{}/status"),
+    ("get", "/seller/offers"),
+    ("get", "/offers/{}"),
+    // Orders and payments
+    ("post", "/orders"),
+    ("get", "/orders"),
+    ("get", "/orders/{}"),
+    ("post", "/orders/{}/pay"),
+    ("post", "/orders/{}/fulfill"),
+    ("post", "/orders/{}/cancel"),
+    ("post", "/webhooks/payments"),
+    // Operations
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/seller"),
+];
+
+/// Routes of API.md not built yet: skipped by the completeness check until they land.
+/// Move an entry back (i.e. delete it here) when its route exists.
+const PENDING: &[(&str, &str)] = &[];
+
+/// `/key-pools/{poolId}` -> `/key-pools/{}`: parameter names are free.
+fn normalize(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut in_param = false;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                in_param = true;
+                out.push_str("{}");
+            }
+            '}' => in_param = false,
+            _ if in_param => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+async fn spec() -> Value {
+    let app = spawn_app().await;
+    let r = app.call(Method::GET, "/api/openapi.json", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    r.body
+}
+
+/// (method, normalized path) -> operation object.
+fn operations(spec: &Value) -> Vec<(String, String, Value)> {
+    let mut ops = Vec::new();
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().unwrap() {
+            ops.push((method.clone(), normalize(path), op.clone()));
+        }
+    }
+    ops
+}
+
+#[tokio::test]
+async fn every_route_of_api_md_is_in_the_openapi_document() {
+    let spec = spec().await;
+    let ops = operations(&spec);
+    let missing: Vec<_> = API_MD
+        .iter()
+        .filter(|route| !PENDING.contains(route))
+        .filter(|(m, p)| !ops.iter().any(|(om, op, _)| om == m && op == p))
+        .collect();
+    assert!(missing.is_empty(), "not in /api/openapi.json: {missing:?}");
+}
+
+#[tokio::test]
+async fn inventory_and_offer_routes_document_auth_and_error_bodies() {
+    let spec = spec().await;
+    let ops = operations(&spec);
+    let inventory = ops.iter().filter(|(m, p, _)| {
+        p.starts_with("/key-pools")
+            || p.starts_with("/offers")
+            || (m == "get" && p == "/seller/offers")
+    });
+    let mut seen = 0;
+    for (method, path, op) in inventory {
+        seen += 1;
+        assert!(op["security"].is_array(), "{method} {path}: security");
+        let responses = op["responses"].as_object().unwrap();
+        for status in ["401", "404"] {
+            if status == "404" && (path == "/key-pools" || path == "/seller/offers") {
+                continue;
+            }
+            let body = &responses
+                .get(status)
+                .unwrap_or_else(|| panic!("{method} {path}: no {status}"))["content"]["application/json"]
+                ["schema"]["$ref"];
+            assert_eq!(
+                body, "#/components/schemas/ErrorBody",
+                "{method} {path} {status}"
+            );
+        }
+    }
+    assert_eq!(seen, 11);
+    let upload = &spec["paths"]["/key-pools/{poolId}/keys/upload"]["post"];
+    let content = upload["requestBody"]["content"].as_object().unwrap();
+    assert!(content.contains_key("application/json") && content.contains_key("text/plain"));
+    for status in ["413", "415"] {
+        assert!(upload["responses"][status].is_object(), "upload {status}");
+    }
+    let report = &spec["components"]["schemas"]["UploadReport"]["properties"];
+    for field in [
+        "added",
+        "duplicates",
+        "invalid",
+        "pool",
+        "duplicatesCount",
+        "invalidCount",
+        "truncated",
+    ] {
+        assert!(report[field].is_object(), "UploadReport.{field}");
+    }
+}
