@@ -273,7 +273,7 @@ fn prepare(vault: &Vault, pool_id: Uuid, batch: Batch) -> Prepared {
             enc_key_id: sealed.enc_key_id,
         });
     }
-    rows.sort_unstable_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
+    rows.sort_unstable_by_key(|r| r.fingerprint);
     Prepared { rows, repeated }
 }
 

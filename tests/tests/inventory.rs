@@ -715,7 +715,8 @@ async fn the_database_holds_no_plaintext_key_after_an_upload() {
         assert_eq!(in_bytes, 0);
     }
     // The keys are there, sealed: the vault opens them.
-    let rows: Vec<(Uuid, Uuid, Vec<u8>, Vec<u8>, String)> =
+    type SealedRow = (Uuid, Uuid, Vec<u8>, Vec<u8>, String);
+    let rows: Vec<SealedRow> =
         sqlx::query_as("SELECT id, pool_id, ciphertext, nonce, enc_key_id FROM keys ORDER BY id")
             .fetch_all(&app.pool)
             .await
