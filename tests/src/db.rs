@@ -77,7 +77,8 @@ async fn ensure_template(admin: &mut PgConnection, name: &str) {
 
 /// Creates a migrated, empty database for one test and returns its name and a pool.
 pub async fn fresh_database() -> (String, PgPool) {
-    fresh_database_with(20).await
+    // Small pools: tests run in parallel against one server (max_connections is often 100).
+    fresh_database_with(10).await
 }
 
 pub async fn fresh_database_with(max_connections: u32) -> (String, PgPool) {
@@ -106,6 +107,13 @@ pub async fn fresh_database_with(max_connections: u32) -> (String, PgPool) {
         .await
         .unwrap();
     (name, pool)
+}
+
+/// Another pool on an existing test database (a worker's own, as in production).
+pub async fn pool_for(name: &str, max_connections: u32) -> PgPool {
+    autokey_shared::db::connect_with(options(name), max_connections)
+        .await
+        .unwrap()
 }
 
 /// An empty database (no migrations), for tests of `migrate`. Returns its URL.

@@ -229,8 +229,10 @@ impl TestApp {
 
     pub fn start_worker_with(&self, config: autokey_worker::WorkerConfig) -> WorkerHandle {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let pool = self.pool.clone();
+        let db_name = self.db_name.clone();
         let task = tokio::spawn(async move {
+            // Its own pool, as a separate worker process has.
+            let pool = db::pool_for(&db_name, config.concurrency as u32 * 2 + 6).await;
             autokey_worker::run(pool, config, async move {
                 let _ = rx.await;
             })
