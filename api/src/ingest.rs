@@ -6,9 +6,11 @@
 //! no set of everything seen is kept in memory, however long the upload.
 //!
 //! The request parses, validates and seals (on the blocking pool) while a writer task
-//! stores the previous batch, so the CPU and the database work side by side. Batches
-//! commit one after the other, in line order, so the first occurrence of a repeated key
-//! is the one stored. Memory stays bounded by a few batches: the channel holds one.
+//! stores earlier batches, two at a time, so the CPU and two database backends work
+//! side by side. A batch starts only once the one two before it has committed, and it
+//! is deduplicated in memory against the one just before it: the two batches in flight
+//! never share a key, so they never wait on each other's rows, and the first occurrence
+//! of a repeated key is always the one stored. Memory stays bounded by a few batches.
 
 use std::{collections::HashSet, sync::Arc};
 
@@ -16,6 +18,7 @@ use autokey_shared::{
     jobs::{self, ReplenishPool},
     vault::Vault,
 };
+use futures::{StreamExt, stream};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use tokio::{sync::mpsc, task::JoinHandle};
@@ -76,6 +79,11 @@ pub struct Report {
 /// Valid keys of an upload with their line numbers, in line order.
 type Batch = Vec<(u64, String)>;
 
+/// Batches being stored at once.
+const IN_FLIGHT: usize = 2;
+
+type Fingerprints = HashSet<[u8; 32]>;
+
 /// A batch ready to be stored, and the lines it dropped as repeats of earlier ones.
 struct Prepared {
     rows: Vec<Row>,
@@ -88,6 +96,8 @@ pub struct Ingest {
     vault: Arc<Vault>,
     pool_id: Uuid,
     pending: Batch,
+    /// The fingerprints of the batch sent last (possibly still being stored).
+    previous: Fingerprints,
     invalid: Issues,
     batches: mpsc::Sender<Prepared>,
     writer: JoinHandle<Result<Written, ApiError>>,
@@ -105,6 +115,7 @@ impl Ingest {
             vault,
             pool_id,
             pending: Vec::with_capacity(BATCH_SIZE),
+            previous: Fingerprints::new(),
             invalid: Issues::default(),
             batches,
             writer: tokio::spawn(target.run(rx)),
@@ -136,9 +147,12 @@ impl Ingest {
         }
         let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(BATCH_SIZE));
         let (vault, pool_id) = (self.vault.clone(), self.pool_id);
-        let prepared = tokio::task::spawn_blocking(move || prepare(&vault, pool_id, batch))
-            .await
-            .map_err(ApiError::internal)?;
+        let previous = std::mem::take(&mut self.previous);
+        let (prepared, fingerprints) =
+            tokio::task::spawn_blocking(move || prepare(&vault, pool_id, &previous, batch))
+                .await
+                .map_err(ApiError::internal)?;
+        self.previous = fingerprints;
         if self.batches.send(prepared).await.is_err() {
             return Err(self.writer_error().await);
         }
@@ -194,26 +208,42 @@ struct Row {
 type Lost = Vec<(u64, &'static str)>;
 
 impl Target {
-    /// Stores batches as they come, one transaction each, in order.
-    async fn run(self, mut batches: mpsc::Receiver<Prepared>) -> Result<Written, ApiError> {
+    /// Stores batches as they come, one transaction each, [`IN_FLIGHT`] at once, and
+    /// collects their outcomes in batch order (so the report stays in line order).
+    async fn run(self, batches: mpsc::Receiver<Prepared>) -> Result<Written, ApiError> {
+        let this = &self;
+        let outcomes = stream::unfold(batches, |mut rx| async {
+            rx.recv().await.map(|batch| (batch, rx))
+        })
+        .map(|batch| this.store_batch(batch))
+        .buffered(IN_FLIGHT);
+        let mut outcomes = std::pin::pin!(outcomes);
         let mut written = Written::default();
-        while let Some(Prepared { rows, mut repeated }) = batches.recv().await {
-            let mut attempt = 0;
-            let (added, lost) = loop {
-                attempt += 1;
-                match self.store(&rows).await {
-                    Err(e) if attempt < 3 && autokey_shared::db::is_transient(&e) => continue,
-                    other => break other?,
-                }
-            };
+        while let Some(outcome) = outcomes.next().await {
+            let (added, lost) = outcome?;
             written.added += added;
-            repeated.extend(lost);
-            repeated.sort_unstable();
-            for (line, reason) in repeated {
+            for (line, reason) in lost {
                 written.duplicates.push(line, reason);
             }
         }
         Ok(written)
+    }
+
+    /// Stores one batch (retried if its transaction loses a race); returns how many keys
+    /// were stored and why the other lines were not, in line order.
+    async fn store_batch(&self, batch: Prepared) -> Result<(u64, Lost), ApiError> {
+        let Prepared { rows, mut repeated } = batch;
+        let mut attempt = 0;
+        let (added, lost) = loop {
+            attempt += 1;
+            match self.store(&rows).await {
+                Err(e) if attempt < 3 && autokey_shared::db::is_transient(&e) => continue,
+                other => break other?,
+            }
+        };
+        repeated.extend(lost);
+        repeated.sort_unstable();
+        Ok((added, repeated))
     }
 
     /// Inserts the rows in one transaction, together with the replenishment job when
@@ -249,16 +279,23 @@ impl Target {
     }
 }
 
-/// Dedupes a batch, seals each key for a fresh row id, and orders the rows by
-/// fingerprint: concurrent uploads then take their row locks in the same order and
-/// cannot deadlock on one another. Also returns the lines repeating an earlier one.
-fn prepare(vault: &Vault, pool_id: Uuid, batch: Batch) -> Prepared {
-    let mut seen = HashSet::with_capacity(batch.len());
+/// Dedupes a batch (within itself and against the `previous` batch's fingerprints),
+/// seals each key for a fresh row id, and orders the rows by fingerprint: concurrent
+/// uploads then take their row locks in the same order and cannot deadlock on one
+/// another. Also returns the lines repeating an earlier one, and the batch's
+/// fingerprints.
+fn prepare(
+    vault: &Vault,
+    pool_id: Uuid,
+    previous: &Fingerprints,
+    batch: Batch,
+) -> (Prepared, Fingerprints) {
+    let mut seen = Fingerprints::with_capacity(batch.len());
     let mut rows = Vec::with_capacity(batch.len());
     let mut repeated = Vec::new();
     for (line, key) in batch {
         let fingerprint = vault.fingerprint(&key);
-        if !seen.insert(fingerprint) {
+        if previous.contains(&fingerprint) || !seen.insert(fingerprint) {
             repeated.push((line, DUPLICATE_IN_UPLOAD));
             continue;
         }
@@ -274,7 +311,7 @@ fn prepare(vault: &Vault, pool_id: Uuid, batch: Batch) -> Prepared {
         });
     }
     rows.sort_unstable_by_key(|r| r.fingerprint);
-    Prepared { rows, repeated }
+    (Prepared { rows, repeated }, seen)
 }
 
 /// Inserts `rows` (in fingerprint order), skipping fingerprints that exist; returns the
