@@ -43,9 +43,12 @@ pub struct LineIssue {
     /// 1-based position in the upload (JSON element i is line i+1; in text, the physical
     /// line, blank lines included).
     pub line: u64,
-    /// For `duplicates`: `duplicate_in_upload` or `already_exists`. For `invalid`:
-    /// `empty`, `too_short` (< 5 characters), `too_long` (> 255 characters),
-    /// `control_character` or `invalid_utf8`.
+    /// For `duplicates`: `duplicate_in_upload` (an earlier line of this upload has the
+    /// same key and was stored) or `already_exists` (stored before, or by a concurrent
+    /// upload, in any pool of any seller; a repeat within a few thousand lines of such a
+    /// line may be reported as `duplicate_in_upload` instead). For `invalid`: `empty`,
+    /// `too_short` (< 5 characters), `too_long` (> 255 characters), `control_character`
+    /// or `invalid_utf8`.
     pub reason: &'static str,
 }
 

@@ -63,7 +63,9 @@ pub struct UploadReport {
 /// Uploads keys into a pool. Keys are trimmed; valid new keys are stored even when
 /// other lines are rejected. Duplicates are global (across every pool and seller).
 /// `text/plain` bodies stream: one key per line (LF or CRLF, UTF-8, leading BOM
-/// ignored, blank lines skipped), no limit on the number of lines.
+/// ignored, blank lines skipped), no limit on the number of lines; keys are committed
+/// in batches of a few thousand, so if an upload fails midway the batches already
+/// committed stay (sending it again reports them as `already_exists`).
 #[utoipa::path(post, path = "/key-pools/{poolId}/keys/upload", tag = "key pools",
     security(("bearer" = [])),
     params(("poolId" = Uuid, Path)),
