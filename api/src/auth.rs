@@ -70,6 +70,22 @@ pub enum BuyerSide {
 }
 
 impl BuyerSide {
+    /// The buyer a request acts for: a buyer itself (it may repeat its own id), a
+    /// storefront the customer it names (required).
+    pub fn buyer_id(&self, given: Option<Uuid>) -> Result<Uuid, ApiError> {
+        match (self, given) {
+            (BuyerSide::Buyer(me), None) => Ok(*me),
+            (BuyerSide::Buyer(me), Some(id)) if id == *me => Ok(*me),
+            (BuyerSide::Buyer(_), Some(_)) => {
+                Err(ApiError::validation("buyerId must be your own id"))
+            }
+            (BuyerSide::Storefront, Some(id)) => Ok(id),
+            (BuyerSide::Storefront, None) => Err(ApiError::validation(
+                "buyerId is required for storefront tokens",
+            )),
+        }
+    }
+
     /// Whether this caller may see an order of `buyer_id`.
     pub fn may_see(&self, buyer_id: Uuid) -> bool {
         match self {

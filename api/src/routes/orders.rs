@@ -12,7 +12,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    auth::{Auth, BuyerSide},
+    auth::Auth,
     error::{ApiError, ApiResult, ErrorBody},
     extract::{Json, Path, Query},
     orders::{
@@ -57,20 +57,7 @@ async fn create_order(
     headers: HeaderMap,
     Json(body): Json<CreateOrder>,
 ) -> ApiResult<(StatusCode, Json<Order>)> {
-    let side = auth.buyer_side()?;
-    let buyer_id = match (side, body.buyer_id) {
-        (BuyerSide::Buyer(me), None) => me,
-        (BuyerSide::Buyer(me), Some(id)) if id == me => me,
-        (BuyerSide::Buyer(_), Some(_)) => {
-            return Err(ApiError::validation("buyerId must be your own id"));
-        }
-        (BuyerSide::Storefront, Some(id)) => id,
-        (BuyerSide::Storefront, None) => {
-            return Err(ApiError::validation(
-                "buyerId is required for storefront tokens",
-            ));
-        }
-    };
+    let buyer_id = auth.buyer_side()?.buyer_id(body.buyer_id)?;
     let quantity = body.quantity.unwrap_or(1);
     if !(1..=100).contains(&quantity) {
         return Err(ApiError::validation("quantity must be between 1 and 100"));
@@ -204,19 +191,7 @@ async fn list_orders(
     auth: Auth,
     Query(q): Query<ListOrders>,
 ) -> ApiResult<Json<OrderPage>> {
-    let buyer_id = match (auth.buyer_side()?, q.buyer_id) {
-        (BuyerSide::Buyer(me), None) => me,
-        (BuyerSide::Buyer(me), Some(id)) if id == me => me,
-        (BuyerSide::Buyer(_), Some(_)) => {
-            return Err(ApiError::validation("buyerId must be your own id"));
-        }
-        (BuyerSide::Storefront, Some(id)) => id,
-        (BuyerSide::Storefront, None) => {
-            return Err(ApiError::validation(
-                "buyerId is required for storefront tokens",
-            ));
-        }
-    };
+    let buyer_id = auth.buyer_side()?.buyer_id(q.buyer_id)?;
     if let Some(s) = &q.status {
         if !autokey_shared::model::order_status::ALL.contains(&s.as_str()) {
             return Err(ApiError::validation(
