@@ -83,7 +83,8 @@ async fn prune_dead_workers(pool: &PgPool, config: &WorkerConfig) -> Result<(), 
 }
 
 /// A paid order always has a live job: its own FulfillOrder, or — once that finished with
-/// the order backordered — a ReplenishPool when its pool has keys to give.
+/// the order backordered — a ReplenishPool when its pool has keys to give. (Orders whose own
+/// job is still queued are left to it: replenishing for them would only duplicate work.)
 async fn sweep_waiting_orders(pool: &PgPool, config: &WorkerConfig) -> Result<Sweep, sqlx::Error> {
     let grace = config.heartbeat * 2;
     let orphans: Vec<Uuid> = sqlx::query_scalar(
@@ -105,7 +106,8 @@ async fn sweep_waiting_orders(pool: &PgPool, config: &WorkerConfig) -> Result<Sw
     let starving: Vec<Uuid> = sqlx::query_scalar(
         "SELECT p.id FROM key_pools p
          WHERE p.available_keys > 0
-           AND EXISTS (SELECT 1 FROM orders o WHERE o.pool_id = p.id AND o.status = 'PAID' AND o.paid_at < now() - $1 * interval '1 second')
+           AND EXISTS (SELECT 1 FROM orders o WHERE o.pool_id = p.id AND o.status = 'PAID'
+                       AND o.backordered_at IS NOT NULL AND o.paid_at < now() - $1 * interval '1 second')
            AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.job_type = $2
                            AND j.status IN ('Pending', 'Queued', 'Running')
                            AND convert_from(j.job, 'UTF8')::jsonb ->> 'pool_id' = p.id::text)",
