@@ -384,3 +384,64 @@ async fn backorders_are_served_oldest_paid_first() {
         .await;
     worker.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_job_serves_waiting_orders_in_its_own_transaction() {
+    let app = spawn_app().await;
+    let shop = fixtures::shop(&app, 120).await;
+    let other = fixtures::shop(&app, 10).await;
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        ids.push(paid_order(&app, shop.offer_id, 1).await);
+    }
+    for _ in 0..5 {
+        ids.push(paid_order(&app, other.offer_id, 2).await);
+    }
+    // An order held by another transaction is skipped by the batch, not waited for.
+    let busy = ids[50];
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
+        .bind(busy)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let done = autokey_worker::batch::fulfill_batch(&app.pool, ids[0], 200, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(done.lead, fulfillment::Outcome::Fulfilled { keys: 1 });
+    assert_eq!(done.also_fulfilled, 103, "{done:?}");
+    let batched: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM apalis.jobs WHERE status = 'Done' AND last_result ->> 'Ok' = 'served in a batch'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(batched, 103);
+    let busy_job: String =
+        sqlx::query_scalar("SELECT status FROM apalis.jobs WHERE idempotency_key = $1")
+            .bind(busy.to_string())
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(busy_job, "Pending");
+    holder.rollback().await.unwrap();
+
+    let worker = app.start_worker();
+    for id in &ids {
+        app.wait_for_status(*id, "FULFILLED", Duration::from_secs(10))
+            .await;
+    }
+    worker.stop().await.unwrap();
+    let (delivered, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT key_id) FROM order_deliveries")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((delivered, distinct), (110, 110));
+    assert_eq!(
+        fixtures::pool_counts(&app, shop.pool_id).await,
+        (20, 0, 100)
+    );
+    assert_eq!(fixtures::pool_counts(&app, other.pool_id).await, (0, 0, 10));
+}

@@ -1,6 +1,7 @@
 //! autokey's worker: fulfills paid orders (apalis on PostgreSQL), serves backorders when
 //! keys arrive, and keeps the job tables tidy.
 
+pub mod batch;
 pub mod cli;
 pub mod fulfillment;
 pub mod maintenance;

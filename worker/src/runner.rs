@@ -9,7 +9,8 @@ use autokey_shared::jobs::{self, FulfillOrder, Job, ReplenishPool};
 use sqlx::PgPool;
 
 use crate::{
-    fulfillment::{self, FulfillError, Outcome},
+    batch,
+    fulfillment::{FulfillError, Outcome},
     maintenance, replenish,
 };
 
@@ -33,6 +34,9 @@ pub struct WorkerConfig {
     /// Finished jobs older than this are deleted.
     pub job_retention: Duration,
     pub maintenance_interval: Duration,
+    /// Other waiting orders a fulfillment job serves in its own transaction (0: one
+    /// order per transaction).
+    pub batch_extra_orders: i64,
 }
 
 impl Default for WorkerConfig {
@@ -47,6 +51,7 @@ impl Default for WorkerConfig {
             lock_timeout: Duration::from_secs(5),
             job_retention: Duration::from_secs(3600),
             maintenance_interval: Duration::from_secs(15),
+            batch_extra_orders: 63,
         }
     }
 }
@@ -137,17 +142,18 @@ async fn handle_fulfill(
     task_id: TaskId,
     ctx: Data<Ctx>,
 ) -> Result<(), BoxDynError> {
-    match guarded(fulfillment::fulfill_order(
+    match guarded(batch::fulfill_batch(
         &ctx.pool,
         job.order_id,
+        ctx.config.batch_extra_orders,
         ctx.config.lock_timeout,
     ))
     .await
     {
-        Ok(outcome) => {
-            match outcome {
+        Ok(done) => {
+            match done.lead {
                 Outcome::Fulfilled { keys } => {
-                    tracing::info!(order_id = %job.order_id, keys, "order fulfilled")
+                    tracing::debug!(order_id = %job.order_id, keys, "order fulfilled")
                 }
                 Outcome::Backordered { reserved, quantity } => {
                     tracing::info!(order_id = %job.order_id, reserved, quantity, "order backordered; waiting for keys")
@@ -155,6 +161,13 @@ async fn handle_fulfill(
                 Outcome::NothingToDo => {
                     tracing::debug!(order_id = %job.order_id, "order not PAID; nothing to do")
                 }
+            }
+            if done.also_fulfilled + done.also_backordered > 0 {
+                tracing::debug!(
+                    also_fulfilled = done.also_fulfilled,
+                    also_backordered = done.also_backordered,
+                    "waiting orders served in the same transaction"
+                );
             }
             Ok(())
         }
