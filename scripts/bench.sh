@@ -14,9 +14,7 @@ export BENCH_DATABASE_URL="$SERVER_URL"
 export SQLX_OFFLINE=true
 
 # Leftovers of interrupted runs.
-for db in $(server_sql "SELECT datname FROM pg_database WHERE datname LIKE 'autokey\_bench\_%'"); do
-  server_sql "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" || true
-done
+drop_databases_with_prefix autokey_bench_
 
 log "building release binaries"
 cargo build --release --bins --locked

@@ -68,3 +68,11 @@ server_sql() {
 database_url() {
   printf '%s/%s' "${SERVER_URL%/*}" "$1"
 }
+
+# Drops every database whose name starts with $1 (leftovers of interrupted runs).
+drop_databases_with_prefix() {
+  local db
+  for db in $(server_sql "SELECT datname FROM pg_database WHERE starts_with(datname, '$1')"); do
+    server_sql "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" || true
+  done
+}

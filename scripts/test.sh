@@ -10,9 +10,7 @@ export AUTOKEY_TEST_DATABASE_URL="$SERVER_URL"
 # apalis-postgres checks its own queries at build time; it must use its offline data.
 export SQLX_OFFLINE=true
 
-for db in $(server_sql "SELECT datname FROM pg_database WHERE datname LIKE 'autokey\_test\_%'"); do
-  server_sql "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" || true
-done
+drop_databases_with_prefix autokey_test_
 
 log "building"
 # The CLI tests run the real binaries (target/debug/autokey-api and autokey-worker).
