@@ -42,14 +42,13 @@ impl Env {
     }
 
     pub fn db_url(&self, db: &str) -> String {
-        // The server URL with its database replaced.
-        let base = self
-            .server_url
-            .split('?')
-            .next()
-            .unwrap_or(&self.server_url);
+        // The server URL with its database replaced; its query (a socket `host=`, say) kept.
+        let (base, query) = match self.server_url.split_once('?') {
+            Some((b, q)) => (b, format!("?{q}")),
+            None => (self.server_url.as_str(), String::new()),
+        };
         let (prefix, _) = base.rsplit_once('/').unwrap_or((base, ""));
-        format!("{prefix}/{db}")
+        format!("{prefix}/{db}{query}")
     }
 
     pub fn tmp_dir(&self) -> PathBuf {

@@ -446,3 +446,93 @@ async fn a_job_serves_waiting_orders_in_its_own_transaction() {
     );
     assert_eq!(fixtures::pool_counts(&app, other.pool_id).await, (0, 0, 10));
 }
+
+#[tokio::test]
+async fn a_batch_that_runs_short_serves_the_oldest_and_backorders_the_rest_in_paid_order() {
+    let app = spawn_app().await;
+    let shop = fixtures::shop(&app, 12).await;
+    let (buyer, _) = app.buyer().await;
+    // Placed while all 12 keys are sellable, then all paid: 14 units owed on 12 keys.
+    let quantities = [3, 3, 4, 3, 1];
+    let mut ids = Vec::new();
+    for q in quantities {
+        let r = app
+            .post(
+                "/orders",
+                &buyer,
+                json!({ "offerId": shop.offer_id, "quantity": q }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        ids.push(r.body["id"].as_str().unwrap().parse::<Uuid>().unwrap());
+    }
+    for id in &ids {
+        let r = app
+            .post(&format!("/orders/{id}/pay"), &buyer, json!(null))
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+
+    // The youngest order's job leads; the batch still serves oldest paid first.
+    let done = autokey_worker::batch::fulfill_batch(&app.pool, ids[4], 100, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        done.lead,
+        fulfillment::Outcome::Backordered {
+            reserved: 0,
+            quantity: 1
+        }
+    );
+    assert_eq!((done.also_fulfilled, done.also_backordered), (3, 1));
+    let mut statuses = Vec::new();
+    for id in &ids {
+        let s: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        statuses.push(s);
+    }
+    assert_eq!(
+        statuses,
+        ["FULFILLED", "FULFILLED", "FULFILLED", "PAID", "PAID"]
+    );
+    // The first short order keeps the 2 keys left; the younger one queues behind it.
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) FROM keys WHERE order_id = $1 AND status = 'RESERVED'",
+            ids[3]
+        )
+        .await,
+        2
+    );
+    for (id, q) in ids.iter().zip(quantities).take(3) {
+        assert_eq!(
+            scalar(
+                &app,
+                "SELECT count(*) FROM order_deliveries WHERE order_id = $1",
+                *id
+            )
+            .await,
+            i64::from(q)
+        );
+    }
+    assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (0, 2, 10));
+
+    let worker = app.start_worker();
+    fixtures::add_keys(&app, shop.pool_id, 2).await;
+    for id in &ids {
+        app.wait_for_status(*id, "FULFILLED", Duration::from_secs(10))
+            .await;
+    }
+    worker.stop().await.unwrap();
+    let (delivered, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT key_id) FROM order_deliveries")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((delivered, distinct), (14, 14));
+    assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (0, 0, 14));
+}

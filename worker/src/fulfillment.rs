@@ -140,7 +140,7 @@ async fn older_order_waits(
 
 /// Locks up to `n` available keys of the pool, oldest first, skipping keys another
 /// transaction holds. Walks the partial index `keys_claim_idx`.
-async fn claim_available(
+pub(crate) async fn claim_available(
     conn: &mut PgConnection,
     pool_id: Uuid,
     n: i64,

@@ -135,6 +135,7 @@ async fn body(env: &Env, db: &BenchDb, rates: &[u64], phase: Duration) -> Res<se
             percentile(&lat, 99.0),
         );
         let max = lat.last().copied().unwrap_or(f64::NAN);
+        let split = breakdown(&db.pool, &orders).await?;
         let achieved = n as f64 / pay_secs;
         worker.check_alive(env)?;
         rows.push(vec![
@@ -145,6 +146,11 @@ async fn body(env: &Env, db: &BenchDb, rates: &[u64], phase: Duration) -> Res<se
             f2(p95),
             f2(p99),
             f2(max),
+            f2(split.queue_p50),
+            f2(split.queue_p99),
+            f2(split.run_p50),
+            f2(split.run_p99),
+            split.batched.to_string(),
             missing.to_string(),
             pay_errors.to_string(),
         ]);
@@ -153,6 +159,9 @@ async fn body(env: &Env, db: &BenchDb, rates: &[u64], phase: Duration) -> Res<se
             "measured": lat.len(), "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "max_ms": max,
             "not_fulfilled_within_30s_drain": missing, "pay_errors": pay_errors,
             "late_pay_starts": late_starts, "drained_after_s": drained_after,
+            "paid_to_fetched_p50_ms": split.queue_p50, "paid_to_fetched_p99_ms": split.queue_p99,
+            "fetched_to_fulfilled_p50_ms": split.run_p50, "fetched_to_fulfilled_p99_ms": split.run_p99,
+            "served_in_a_batch": split.batched,
         }));
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -162,7 +171,7 @@ async fn body(env: &Env, db: &BenchDb, rates: &[u64], phase: Duration) -> Res<se
     api.kill().await;
     worker.kill().await;
     print_table(
-        "latency: pay commit -> FULFILLED notification, api + 1 worker (--concurrency 8), ms (target p50 <= 3, p99 <= 15 at 200/s)",
+        "latency: pay commit -> FULFILLED notification, api + 1 worker (--concurrency 8), ms (target p50 <= 3, p99 <= 15 at 200/s); queue = paid_at -> job fetched, run = fetched -> fulfilled_at (database clocks), batched = orders served by another order's job",
         &[
             "rate/s",
             "achieved/s",
@@ -171,6 +180,11 @@ async fn body(env: &Env, db: &BenchDb, rates: &[u64], phase: Duration) -> Res<se
             "p95",
             "p99",
             "max",
+            "queue p50",
+            "queue p99",
+            "run p50",
+            "run p99",
+            "batched",
             "not fulfilled",
             "pay errors",
         ],
@@ -179,4 +193,43 @@ async fn body(env: &Env, db: &BenchDb, rates: &[u64], phase: Duration) -> Res<se
     let results = serde_json::json!({ "phases": out, "api_peak_rss_mib": api_hwm, "worker_peak_rss_mib": worker_hwm });
     record(env, &db.pool, "latency", results.clone()).await?;
     Ok(results)
+}
+
+/// Where the time goes, from the database's own timestamps: paid -> the job fetched by
+/// apalis (`lock_at`), and fetched -> FULFILLED. Orders served in another order's batch
+/// have no fetch of their own.
+struct Breakdown {
+    queue_p50: f64,
+    queue_p99: f64,
+    run_p50: f64,
+    run_p99: f64,
+    batched: i64,
+}
+
+async fn breakdown(db: &sqlx::PgPool, orders: &[Uuid]) -> Res<Breakdown> {
+    let row: (Option<f64>, Option<f64>, Option<f64>, Option<f64>, i64) = sqlx::query_as(
+        "WITH t AS (
+             SELECT extract(epoch FROM j.lock_at - o.paid_at)::float8 * 1000 AS queue,
+                    extract(epoch FROM o.fulfilled_at - j.lock_at)::float8 * 1000 AS run
+             FROM orders o
+             JOIN apalis.jobs j ON j.job_type = $2 AND j.idempotency_key = o.id::text
+             WHERE o.id = ANY($1) AND o.status = 'FULFILLED')
+         SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY queue),
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY queue),
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY run),
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY run),
+                count(*) FILTER (WHERE queue IS NULL)
+         FROM t",
+    )
+    .bind(orders)
+    .bind(<autokey_shared::jobs::FulfillOrder as autokey_shared::jobs::Job>::QUEUE)
+    .fetch_one(db)
+    .await?;
+    Ok(Breakdown {
+        queue_p50: row.0.unwrap_or(f64::NAN),
+        queue_p99: row.1.unwrap_or(f64::NAN),
+        run_p50: row.2.unwrap_or(f64::NAN),
+        run_p99: row.3.unwrap_or(f64::NAN),
+        batched: row.4,
+    })
 }
