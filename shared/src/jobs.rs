@@ -17,7 +17,18 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
     /// Jobs with the same key in the same queue exist at most once (a database fact:
     /// apalis's UNIQUE (job_type, idempotency_key)).
     fn idempotency_key(&self) -> Option<String>;
+    /// Whether a new job is first offered to a worker's fast lane: announced on
+    /// [`LANE_CHANNEL`] and left to the lane for [`LANE_GRACE`] before the queue's own
+    /// workers may fetch it.
+    const FAST_LANE: bool = false;
 }
+
+/// New fast-lane jobs are announced here at commit (payload: the job id).
+pub const LANE_CHANNEL: &str = "autokey_job_lane";
+
+/// How long the queue's own workers leave a new fast-lane job alone. A live lane takes it
+/// within milliseconds; this only delays the fallback when no lane is running.
+pub const LANE_GRACE: Duration = Duration::from_millis(250);
 
 /// Deliver keys to one paid order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +38,7 @@ pub struct FulfillOrder {
 
 impl Job for FulfillOrder {
     const QUEUE: &'static str = "autokey::fulfill_order";
+    const FAST_LANE: bool = true;
     fn idempotency_key(&self) -> Option<String> {
         Some(self.order_id.to_string())
     }
@@ -54,20 +66,59 @@ impl Job for ReplenishPool {
 /// `jobs_enqueued_by_sql_run_on_apalis` pins that coupling against a real worker.
 pub async fn enqueue<J: Job>(conn: &mut PgConnection, job: &J) -> Result<bool, sqlx::Error> {
     let payload = serde_json::to_vec(job).expect("job payloads serialize");
-    let inserted = sqlx::query(
-        "INSERT INTO apalis.jobs
-             (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key)
-         VALUES ($1, $2, $3, 'Pending', 0, $4, now(), 0, ''::hstore, $5)
-         ON CONFLICT (job_type, idempotency_key) DO NOTHING",
+    let (grace_ms, lane) = if J::FAST_LANE {
+        (LANE_GRACE.as_millis() as f64, Some(LANE_CHANNEL))
+    } else {
+        (0.0, None)
+    };
+    let (inserted, _announced): (i64, i64) = sqlx::query_as(
+        "WITH ins AS (
+             INSERT INTO apalis.jobs
+                 (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key)
+             VALUES ($1, $2, $3, 'Pending', 0, $4, now() + $6 * interval '1 millisecond', 0, ''::hstore, $5)
+             ON CONFLICT (job_type, idempotency_key) DO NOTHING
+             RETURNING id)
+         SELECT (SELECT count(*) FROM ins),
+                (SELECT count(*) FROM (SELECT pg_notify($7, id) FROM ins WHERE $7 IS NOT NULL) n)",
     )
     .bind(ulid::Ulid::new().to_string())
     .bind(J::QUEUE)
     .bind(payload)
     .bind(J::MAX_ATTEMPTS)
     .bind(job.idempotency_key())
+    .bind(grace_ms)
+    .bind(lane)
+    .fetch_one(conn)
+    .await?;
+    Ok(inserted == 1)
+}
+
+/// Records a failed run of a Pending job that was run outside the queue's workers (the
+/// fast lane), as apalis records its own: a transient failure becomes a Failed attempt
+/// due again after `retry_in`; anything else kills the job (dead, retryable by an
+/// operator). A job someone else has taken meanwhile is left alone.
+pub async fn record_failed_run(
+    conn: &mut PgConnection,
+    task_id: &str,
+    error: &str,
+    retry_in: Option<Duration>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE apalis.jobs
+         SET status = CASE WHEN $3::float8 IS NULL THEN 'Killed' ELSE 'Failed' END,
+             attempts = attempts + 1,
+             last_result = jsonb_build_object('Err', $2::text),
+             run_at = CASE WHEN $3::float8 IS NULL THEN run_at
+                           ELSE now() + $3 * interval '1 second' END,
+             done_at = CASE WHEN $3::float8 IS NULL THEN now() END
+         WHERE id = $1 AND status = 'Pending'",
+    )
+    .bind(task_id)
+    .bind(error)
+    .bind(retry_in.map(|d| d.as_secs_f64()))
     .execute(conn)
     .await?;
-    Ok(inserted.rows_affected() == 1)
+    Ok(())
 }
 
 /// The durable retry schedule: exponential with jitter, capped. `attempt` counts from 1.

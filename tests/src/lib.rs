@@ -220,6 +220,7 @@ pub fn test_worker_config() -> autokey_worker::WorkerConfig {
         job_retention: std::time::Duration::from_secs(3600),
         maintenance_interval: std::time::Duration::from_secs(1),
         batch_extra_orders: 63,
+        fast_lane: true,
     }
 }
 

@@ -121,11 +121,23 @@ async fn jobs_enqueued_by_sql_run_on_apalis() {
             .await
             .unwrap();
     assert_eq!(job_status, "Pending");
-    let worker = app.start_worker();
+    // The queue's own workers only: no fast lane to take the job first.
+    let worker = app.start_worker_with(autokey_worker::WorkerConfig {
+        fast_lane: false,
+        ..autokey_tests::test_worker_config()
+    });
     app.wait_for_status(id, "FULFILLED", Duration::from_secs(10))
         .await;
     app.wait_for_job(id, "Done", Duration::from_secs(10)).await;
     worker.stop().await.unwrap();
+    let served_by: Option<String> = sqlx::query_scalar(
+        "SELECT last_result ->> 'Ok' FROM apalis.jobs WHERE idempotency_key = $1",
+    )
+    .bind(id.to_string())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_ne!(served_by.as_deref(), Some("served by the fast lane"));
 }
 
 #[tokio::test]

@@ -289,6 +289,8 @@ async fn finished_jobs_are_pruned_after_the_retention_period() {
     let worker = app.start_worker();
     app.wait_for_status(id, "FULFILLED", Duration::from_secs(10))
         .await;
+    // The queue acknowledges after the order's commit.
+    app.wait_for_job(id, "Done", Duration::from_secs(10)).await;
     worker.stop().await.unwrap();
     let config = test_worker_config();
     maintenance::run_once(&app.pool, &config).await.unwrap();
@@ -535,4 +537,103 @@ async fn a_batch_that_runs_short_serves_the_oldest_and_backorders_the_rest_in_pa
             .unwrap();
     assert_eq!((delivered, distinct), (14, 14));
     assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (0, 0, 14));
+}
+
+async fn job_row(app: &TestApp, order_id: Uuid) -> (String, i32, Option<String>) {
+    sqlx::query_as(
+        "SELECT status, attempts, coalesce(last_result ->> 'Ok', last_result ->> 'Err')
+         FROM apalis.jobs WHERE job_type = $1 AND idempotency_key = $2",
+    )
+    .bind(<FulfillOrder as jobs::Job>::QUEUE)
+    .bind(order_id.to_string())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_job_paid_while_a_worker_runs_is_served_by_the_fast_lane_in_one_transaction() {
+    let app = spawn_app().await;
+    let shop = fixtures::shop(&app, 2).await;
+    let worker = app.start_worker();
+    // Let the lane start listening.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = paid_order(&app, shop.offer_id, 2).await;
+    app.wait_for_status(id, "FULFILLED", Duration::from_secs(10))
+        .await;
+    // The job is Done in the fulfillment's own commit: no later acknowledgement.
+    let (status, attempts, result) = job_row(&app, id).await;
+    assert_eq!(
+        (status.as_str(), attempts, result.as_deref()),
+        ("Done", 1, Some("served by the fast lane"))
+    );
+    worker.stop().await.unwrap();
+    assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (0, 0, 2));
+}
+
+#[tokio::test]
+async fn a_new_job_waits_out_the_lane_grace_before_the_queue_fetches_it() {
+    let app = spawn_app().await;
+    let shop = fixtures::shop(&app, 1).await;
+    let id = paid_order(&app, shop.offer_id, 1).await;
+    let grace_left: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM run_at - now())::float8 FROM apalis.jobs WHERE idempotency_key = $1",
+    )
+    .bind(id.to_string())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        grace_left > 0.0 && grace_left <= jobs::LANE_GRACE.as_secs_f64(),
+        "{grace_left}"
+    );
+    // No lane anywhere: the queue's workers still deliver it.
+    let worker = app.start_worker_with(autokey_worker::WorkerConfig {
+        fast_lane: false,
+        ..test_worker_config()
+    });
+    app.wait_for_status(id, "FULFILLED", Duration::from_secs(10))
+        .await;
+    app.wait_for_job(id, "Done", Duration::from_secs(10)).await;
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_fast_lane_run_counts_as_an_attempt_and_the_queue_retries_it_later() {
+    let app = spawn_app().await;
+    let shop = fixtures::shop(&app, 1).await;
+    sqlx::raw_sql(
+        "CREATE SEQUENCE fail_once;
+         CREATE FUNCTION fail_once() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.status = 'FULFILLED' THEN
+             IF nextval('fail_once') <= 1 THEN
+               RAISE EXCEPTION 'injected' USING ERRCODE = '40001';
+             END IF;
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER fail_once BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION fail_once();",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let worker = app.start_worker();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let paid_at = Instant::now();
+    let id = paid_order(&app, shop.offer_id, 1).await;
+    app.wait_for_status(id, "FULFILLED", Duration::from_secs(10))
+        .await;
+    let took = paid_at.elapsed();
+    app.wait_for_job(id, "Done", Duration::from_secs(10)).await;
+    worker.stop().await.unwrap();
+    let (_, attempts, _) = job_row(&app, id).await;
+    // The lane's failed run, then the queue's successful one.
+    assert_eq!(attempts, 2);
+    // The retry waited for the backoff (base 200 ms), not the moment the lane failed.
+    assert!(
+        took >= Duration::from_millis(200),
+        "retried too fast: {took:?}"
+    );
+    assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (0, 0, 1));
 }

@@ -52,7 +52,7 @@ pub async fn run(cli: Cli) -> i32 {
     );
     let result: Result<(), String> = async {
         let db_cfg = DatabaseConfig::from_env().map_err(|e| e.to_string())?;
-        let pool = db::connect(&db_cfg, (cli.concurrency as u32) * 2 + 6)
+        let pool = db::connect(&db_cfg, (cli.concurrency as u32) * 3 + 8)
             .await
             .map_err(|e| format!("cannot connect to the database (DATABASE_URL): {e}"))?;
         match cli.command.unwrap_or(Command::Run) {

@@ -46,24 +46,24 @@ pub async fn fulfill_order(
     order_id: Uuid,
     lock_timeout: Duration,
 ) -> Result<Outcome, FulfillError> {
-    let mut tx = pool.begin().await?;
-    set_lock_timeout(&mut tx, lock_timeout).await?;
+    let mut tx = begin(pool, lock_timeout).await?;
     let outcome = fulfill_in(&mut tx, order_id).await?;
     tx.commit().await?;
     Ok(outcome)
 }
 
-/// A fulfillment that waits on a lock longer than this fails (transiently) instead of
-/// holding a worker slot hostage.
-pub async fn set_lock_timeout(
-    conn: &mut PgConnection,
-    timeout: Duration,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
-        .bind(format!("{}ms", timeout.as_millis().max(1)))
-        .execute(conn)
-        .await?;
-    Ok(())
+/// Begins a fulfillment transaction. A fulfillment that waits on a lock longer than
+/// `lock_timeout` fails (transiently) instead of holding a worker slot hostage; the
+/// setting travels with BEGIN, so it costs no round trip of its own.
+pub async fn begin(
+    pool: &PgPool,
+    lock_timeout: Duration,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let millis = lock_timeout.as_millis().clamp(1, i32::MAX as u128);
+    pool.begin_with(sqlx::AssertSqlSafe(format!(
+        "BEGIN; SET LOCAL lock_timeout = '{millis}ms'"
+    )))
+    .await
 }
 
 /// The fulfillment steps on the caller's transaction.
@@ -140,7 +140,7 @@ async fn older_order_waits(
 
 /// Locks up to `n` available keys of the pool, oldest first, skipping keys another
 /// transaction holds. Walks the partial index `keys_claim_idx`.
-pub(crate) async fn claim_available(
+async fn claim_available(
     conn: &mut PgConnection,
     pool_id: Uuid,
     n: i64,

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod cli;
+pub mod fast_lane;
 pub mod fulfillment;
 pub mod maintenance;
 pub mod replenish;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::fulfillment::{FulfillError, Outcome, fulfill_in, set_lock_timeout};
+use crate::fulfillment::{self, FulfillError, Outcome, fulfill_in};
 
 /// How many orders one run serves before handing over to a fresh job (keeps runs short).
 const MAX_ORDERS_PER_RUN: usize = 500;
@@ -24,8 +24,7 @@ pub async fn replenish_pool(
 ) -> Result<Replenished, FulfillError> {
     let mut done = Replenished::default();
     while done.fulfilled < MAX_ORDERS_PER_RUN {
-        let mut tx = pool.begin().await?;
-        set_lock_timeout(&mut tx, lock_timeout).await?;
+        let mut tx = fulfillment::begin(pool, lock_timeout).await?;
         // One replenisher per pool at a time, so backorders are served strictly in order.
         sqlx::query(
             "SELECT pg_advisory_xact_lock(hashtextextended('autokey:replenish:' || $1::text, 0))",

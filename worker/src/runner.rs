@@ -9,7 +9,7 @@ use autokey_shared::jobs::{self, FulfillOrder, Job, ReplenishPool};
 use sqlx::PgPool;
 
 use crate::{
-    batch,
+    batch, fast_lane,
     fulfillment::{FulfillError, Outcome},
     maintenance, replenish,
 };
@@ -37,6 +37,9 @@ pub struct WorkerConfig {
     /// Other waiting orders a fulfillment job serves in its own transaction (0: one
     /// order per transaction).
     pub batch_extra_orders: i64,
+    /// Run fulfillment jobs the moment they are announced, in one transaction each (see
+    /// `fast_lane`); apalis's workers then poll only, as the fallback and for retries.
+    pub fast_lane: bool,
 }
 
 impl Default for WorkerConfig {
@@ -52,6 +55,7 @@ impl Default for WorkerConfig {
             job_retention: Duration::from_secs(3600),
             maintenance_interval: Duration::from_secs(15),
             batch_extra_orders: 63,
+            fast_lane: true,
         }
     }
 }
@@ -77,15 +81,23 @@ pub fn unique_name(prefix: &str) -> String {
     }
 }
 
-fn storage<J: Job>(pool: &PgPool, config: &WorkerConfig) -> PollWith<PostgresStorage<J>, Strategy> {
+/// The queue's storage; `listen` also wakes the worker on each announced insert, else it
+/// polls every `poll_interval`.
+fn storage<J: Job>(
+    pool: &PgPool,
+    config: &WorkerConfig,
+    listen: bool,
+) -> PollWith<PostgresStorage<J>, Strategy> {
     let queue = QueueConfig::default()
         .queue(J::QUEUE)
         .batch_size(config.concurrency.max(1))
         .heartbeat_interval(config.heartbeat)
         .missed_heartbeats(config.missed_heartbeats);
-    let strategy = Strategy::new()
-        .stream(Pubsub::new(pool.clone(), J::QUEUE.to_string()))
-        .interval(config.poll_interval);
+    let mut strategy = Strategy::new();
+    if listen {
+        strategy = strategy.stream(Pubsub::new(pool.clone(), J::QUEUE.to_string()));
+    }
+    let strategy = strategy.interval(config.poll_interval);
     PostgresStorage::<J>::new(pool)
         .with_config(queue)
         .poll_with_strategy(strategy)
@@ -119,7 +131,7 @@ async fn on_failure<J: Job>(
 
 /// Runs a handler's work, turning a panic into an ordinary (retried) failure so that one
 /// bad job cannot take the worker down.
-async fn guarded<T>(
+pub(crate) async fn guarded<T>(
     work: impl std::future::Future<Output = Result<T, FulfillError>>,
 ) -> Result<T, FulfillError> {
     use futures::FutureExt;
@@ -222,24 +234,38 @@ pub async fn run(
     let stopped = || wait_for_stop(stop_rx.clone());
 
     let fulfill = WorkerBuilder::new(unique_name(&format!("{}-fulfill", config.name)))
-        .backend(storage::<FulfillOrder>(&pool, &config))
+        .backend(storage::<FulfillOrder>(&pool, &config, !config.fast_lane))
         .concurrency(config.concurrency.max(1))
         .data(ctx.clone())
         .build(handle_fulfill)
         .run_until(stopped());
     let replenish = WorkerBuilder::new(unique_name(&format!("{}-replenish", config.name)))
-        .backend(storage::<ReplenishPool>(&pool, &config))
+        .backend(storage::<ReplenishPool>(&pool, &config, true))
         .concurrency(2)
         .data(ctx.clone())
         .build(handle_replenish)
         .run_until(stopped());
     let maintenance = maintenance::run(pool.clone(), ctx.config.clone(), stopped());
+    let fast_lane = {
+        let (pool, config, stop) = (pool.clone(), ctx.config.clone(), stopped());
+        async move {
+            if config.fast_lane {
+                let stop = async move {
+                    let _ = stop.await;
+                };
+                if let Err(e) = fast_lane::run(pool, config, stop).await {
+                    // The queue's workers still poll; only the latency suffers.
+                    tracing::error!(error = %e, "fast lane stopped; jobs are polled");
+                }
+            }
+        }
+    };
 
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let (a, b, _) = tokio::join!(fulfill, replenish, maintenance);
+    let (a, b, _, _) = tokio::join!(fulfill, replenish, maintenance, fast_lane);
     a?;
     b?;
     Ok(())

@@ -146,11 +146,9 @@ async fn body(env: &Env, db: &BenchDb, rates: &[u64], phase: Duration) -> Res<se
             f2(p95),
             f2(p99),
             f2(max),
-            f2(split.queue_p50),
-            f2(split.queue_p99),
-            f2(split.run_p50),
-            f2(split.run_p99),
+            split.lane.to_string(),
             split.batched.to_string(),
+            split.queue.to_string(),
             missing.to_string(),
             pay_errors.to_string(),
         ]);
@@ -159,9 +157,8 @@ async fn body(env: &Env, db: &BenchDb, rates: &[u64], phase: Duration) -> Res<se
             "measured": lat.len(), "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "max_ms": max,
             "not_fulfilled_within_30s_drain": missing, "pay_errors": pay_errors,
             "late_pay_starts": late_starts, "drained_after_s": drained_after,
-            "paid_to_fetched_p50_ms": split.queue_p50, "paid_to_fetched_p99_ms": split.queue_p99,
-            "fetched_to_fulfilled_p50_ms": split.run_p50, "fetched_to_fulfilled_p99_ms": split.run_p99,
-            "served_in_a_batch": split.batched,
+            "served_by_fast_lane": split.lane, "served_in_a_batch": split.batched,
+            "served_by_queue_fetch": split.queue,
         }));
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -171,7 +168,7 @@ async fn body(env: &Env, db: &BenchDb, rates: &[u64], phase: Duration) -> Res<se
     api.kill().await;
     worker.kill().await;
     print_table(
-        "latency: pay commit -> FULFILLED notification, api + 1 worker (--concurrency 8), ms (target p50 <= 3, p99 <= 15 at 200/s); queue = paid_at -> job fetched, run = fetched -> fulfilled_at (database clocks), batched = orders served by another order's job",
+        "latency: pay commit -> FULFILLED notification, api + 1 worker (--concurrency 8), ms (target p50 <= 3, p99 <= 15 at 200/s); via = which path served the orders (fast lane, another order's batch, the queue's fetch)",
         &[
             "rate/s",
             "achieved/s",
@@ -180,11 +177,9 @@ async fn body(env: &Env, db: &BenchDb, rates: &[u64], phase: Duration) -> Res<se
             "p95",
             "p99",
             "max",
-            "queue p50",
-            "queue p99",
-            "run p50",
-            "run p99",
+            "via lane",
             "batched",
+            "via queue",
             "not fulfilled",
             "pay errors",
         ],
@@ -195,41 +190,32 @@ async fn body(env: &Env, db: &BenchDb, rates: &[u64], phase: Duration) -> Res<se
     Ok(results)
 }
 
-/// Where the time goes, from the database's own timestamps: paid -> the job fetched by
-/// apalis (`lock_at`), and fetched -> FULFILLED. Orders served in another order's batch
-/// have no fetch of their own.
+/// Which path served the orders: the worker's fast lane, another order's batch, or a
+/// job fetched by the queue's own workers (apalis), from the jobs' recorded results.
 struct Breakdown {
-    queue_p50: f64,
-    queue_p99: f64,
-    run_p50: f64,
-    run_p99: f64,
+    lane: i64,
     batched: i64,
+    queue: i64,
 }
 
 async fn breakdown(db: &sqlx::PgPool, orders: &[Uuid]) -> Res<Breakdown> {
-    let row: (Option<f64>, Option<f64>, Option<f64>, Option<f64>, i64) = sqlx::query_as(
-        "WITH t AS (
-             SELECT extract(epoch FROM j.lock_at - o.paid_at)::float8 * 1000 AS queue,
-                    extract(epoch FROM o.fulfilled_at - j.lock_at)::float8 * 1000 AS run
-             FROM orders o
-             JOIN apalis.jobs j ON j.job_type = $2 AND j.idempotency_key = o.id::text
-             WHERE o.id = ANY($1) AND o.status = 'FULFILLED')
-         SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY queue),
-                percentile_cont(0.99) WITHIN GROUP (ORDER BY queue),
-                percentile_cont(0.5) WITHIN GROUP (ORDER BY run),
-                percentile_cont(0.99) WITHIN GROUP (ORDER BY run),
-                count(*) FILTER (WHERE queue IS NULL)
-         FROM t",
+    let row: (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE r = 'served by the fast lane'),
+                count(*) FILTER (WHERE r = 'served in a batch'),
+                count(*) FILTER (WHERE r IS DISTINCT FROM 'served by the fast lane'
+                                   AND r IS DISTINCT FROM 'served in a batch')
+         FROM (SELECT j.last_result ->> 'Ok' AS r
+               FROM orders o
+               JOIN apalis.jobs j ON j.job_type = $2 AND j.idempotency_key = o.id::text
+               WHERE o.id = ANY($1) AND o.status = 'FULFILLED') t",
     )
     .bind(orders)
     .bind(<autokey_shared::jobs::FulfillOrder as autokey_shared::jobs::Job>::QUEUE)
     .fetch_one(db)
     .await?;
     Ok(Breakdown {
-        queue_p50: row.0.unwrap_or(f64::NAN),
-        queue_p99: row.1.unwrap_or(f64::NAN),
-        run_p50: row.2.unwrap_or(f64::NAN),
-        run_p99: row.3.unwrap_or(f64::NAN),
-        batched: row.4,
+        lane: row.0,
+        batched: row.1,
+        queue: row.2,
     })
 }

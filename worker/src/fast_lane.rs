@@ -1,0 +1,93 @@
+//! The fast lane: a fulfillment job is run the moment its insert commits, in one
+//! transaction that claims the job row itself (`FOR UPDATE SKIP LOCKED`, status
+//! Pending), fulfills its order (with the batch of waiting ones) and marks the job Done.
+//!
+//! Why: through apalis a job costs three more transactions (fetch, lock, ack) and a
+//! dispatch before its fulfillment starts; measured, that was most of the pay ->
+//! FULFILLED latency. New FulfillOrder jobs are announced on `jobs::LANE_CHANNEL` and
+//! left to the lane for `jobs::LANE_GRACE` (their `run_at`). The queue stays the
+//! record: a job no lane takes (lane full, notification missed, no worker running) is
+//! still Pending and apalis's own workers run it after the grace; a failed lane run is
+//! recorded as a failed attempt with the same backoff. The two can never both run a job:
+//! each takes it only while it is Pending and under a row lock.
+
+use std::{sync::Arc, time::Duration};
+
+use autokey_shared::jobs;
+use sqlx::{PgPool, postgres::PgListener};
+use tokio::{
+    sync::{Semaphore, mpsc},
+    task::JoinSet,
+};
+
+use crate::{batch, runner::WorkerConfig};
+
+/// Announced jobs waiting for a free slot; beyond this the queue's workers take them.
+const BACKLOG: usize = 4096;
+
+/// Runs the lane until `stop` resolves, then lets running jobs finish.
+pub async fn run(
+    pool: PgPool,
+    config: Arc<WorkerConfig>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), sqlx::Error> {
+    let mut listener = PgListener::connect_with(&pool).await?;
+    listener.listen(jobs::LANE_CHANNEL).await?;
+    let (tx, mut rx) = mpsc::channel::<String>(BACKLOG);
+    let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let mut running = JoinSet::new();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            note = listener.recv() => match note {
+                Ok(note) => {
+                    // Full: the queue's workers take it after the grace (it stays Pending).
+                    let _ = tx.try_send(note.payload().to_owned());
+                }
+                Err(e) => {
+                    // recv() reconnects by itself; jobs announced meanwhile are polled
+                    // by the queue's workers.
+                    tracing::warn!(error = %e, "fast lane listener error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+            Ok(slot) = slots.clone().acquire_owned(), if !rx.is_empty() => {
+                if let Some(job_id) = rx.recv().await {
+                    let pool = pool.clone();
+                    let config = config.clone();
+                    running.spawn(async move {
+                        let _slot = slot;
+                        run_one(&pool, &config, &job_id).await;
+                    });
+                }
+            }
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+        }
+    }
+    while running.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn run_one(pool: &PgPool, config: &WorkerConfig, job_id: &str) {
+    let work = batch::fulfill_job(pool, job_id, config.batch_extra_orders, config.lock_timeout);
+    match crate::runner::guarded(work).await {
+        Ok(Some(done)) => tracing::debug!(job_id, ?done, "fast lane served the job"),
+        Ok(None) => {}
+        Err(e) => {
+            // Rolled back; recorded as a failed attempt, then the queue's workers retry it.
+            let retry_in = e
+                .is_transient()
+                .then(|| jobs::retry_delay(1, config.retry_base));
+            tracing::warn!(job_id, error = %e, ?retry_in, "fast lane run failed");
+            let recorded = async {
+                let mut conn = pool.acquire().await?;
+                jobs::record_failed_run(&mut conn, job_id, &e.to_string(), retry_in).await
+            };
+            if let Err(e) = recorded.await {
+                tracing::warn!(job_id, error = %e, "could not record the failed run; the queue retries it after the grace");
+            }
+        }
+    }
+}
