@@ -20,6 +20,10 @@ macro_rules! sellable {
     };
 }
 
+/// The formula as an SQL expression over a `key_pools` row aliased `p`, for queries
+/// that read it together with other rows.
+pub const SELLABLE_OF_POOL_ROW_P: &str = sellable!();
+
 /// Keys of `pool_id` that can still be sold, never below 0 (0 for an unknown pool).
 pub async fn auto_key_available(
     conn: &mut PgConnection,

@@ -74,16 +74,24 @@ pub struct OfferForOrder {
     pub key_pool_id: Option<Uuid>,
     pub stock_count: Option<i32>,
     pub status: String,
+    /// Units that can still be sold: `autoKeyAvailableCount` for AUTO_KEY offers (0
+    /// without a pool), the seller's stock count for MANUAL ones.
+    pub sellable: i64,
 }
 
+/// The offer and how much of it can be sold, in one query.
 pub async fn offer_for_order(
     conn: &mut PgConnection,
     offer_id: Uuid,
 ) -> Result<Option<OfferForOrder>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, price_cents, currency, delivery_type, key_pool_id, stock_count, status
-         FROM offers WHERE id = $1",
-    )
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT o.id, o.price_cents, o.currency, o.delivery_type, o.key_pool_id, o.stock_count, o.status,
+                CASE WHEN o.delivery_type = 'AUTO_KEY'
+                     THEN coalesce((SELECT {} FROM key_pools p WHERE p.id = o.key_pool_id), 0)
+                     ELSE coalesce(o.stock_count, 0)::bigint END AS sellable
+         FROM offers o WHERE o.id = $1",
+        autokey_shared::availability::SELLABLE_OF_POOL_ROW_P
+    )))
     .bind(offer_id)
     .fetch_optional(conn)
     .await

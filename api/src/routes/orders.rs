@@ -66,48 +66,54 @@ async fn create_order(
     let scope = idempotency::scope(&auth);
     let hash = idempotency::request_hash(body.offer_id, quantity, buyer_id);
 
+    // Without an Idempotency-Key there is one write: no transaction (the stock check is
+    // advisory either way; a paid order beyond stock waits as a backorder).
+    let Some(key) = key else {
+        let mut conn = state.pool.acquire().await?;
+        let order = place(&mut conn, buyer_id, body.offer_id, quantity).await?;
+        return Ok((StatusCode::CREATED, Json(Order::from_row(order, None))));
+    };
     let mut tx = state.pool.begin().await?;
-    if let Some(key) = &key {
-        if let Some(existing) = idempotency::replay(&mut tx, &scope, key, &hash).await? {
-            return replayed(&mut tx, existing).await;
-        }
+    if let Some(existing) = idempotency::replay(&mut tx, &scope, &key, &hash).await? {
+        return replayed(&mut tx, existing).await;
     }
-    let offer = orders::offer_for_order(&mut tx, body.offer_id)
+    let order = place(&mut tx, buyer_id, body.offer_id, quantity).await?;
+    if !idempotency::record(&mut tx, &scope, &key, &hash, order.id).await? {
+        // A concurrent request with this key won; answer with its order.
+        tx.rollback().await?;
+        let mut conn = state.pool.acquire().await?;
+        let existing = idempotency::replay(&mut conn, &scope, &key, &hash)
+            .await?
+            .ok_or_else(|| ApiError::Internal("idempotency record vanished".into()))?;
+        return replayed(&mut conn, existing).await;
+    }
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(Order::from_row(order, None))))
+}
+
+/// Checks the offer and its stock, then inserts the PENDING order.
+async fn place(
+    conn: &mut sqlx::PgConnection,
+    buyer_id: Uuid,
+    offer_id: Uuid,
+    quantity: i32,
+) -> ApiResult<OrderRow> {
+    let offer = orders::offer_for_order(conn, offer_id)
         .await?
         .filter(|o| o.status == "active")
         .ok_or(ApiError::OfferUnavailable)?;
-    let sellable = match (offer.delivery_type.as_str(), offer.key_pool_id) {
-        ("AUTO_KEY", Some(pool_id)) => {
-            autokey_shared::availability::auto_key_available(&mut tx, pool_id).await?
-        }
-        ("AUTO_KEY", None) => 0,
-        _ => i64::from(offer.stock_count.unwrap_or(0)),
-    };
-    if sellable < i64::from(quantity) {
+    if offer.sellable < i64::from(quantity) {
         return Err(ApiError::OutOfStock);
     }
-    let order = orders::insert(
-        &mut tx,
+    Ok(orders::insert(
+        conn,
         &orders::NewOrder {
             buyer_id,
             offer,
             quantity,
         },
     )
-    .await?;
-    if let Some(key) = &key {
-        if !idempotency::record(&mut tx, &scope, key, &hash, order.id).await? {
-            // A concurrent request with this key won; answer with its order.
-            tx.rollback().await?;
-            let mut conn = state.pool.acquire().await?;
-            let existing = idempotency::replay(&mut conn, &scope, key, &hash)
-                .await?
-                .ok_or_else(|| ApiError::Internal("idempotency record vanished".into()))?;
-            return replayed(&mut conn, existing).await;
-        }
-    }
-    tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(Order::from_row(order, None))))
+    .await?)
 }
 
 async fn replayed(

@@ -42,13 +42,16 @@ async fn pay_order(
     }
     let side = auth.buyer_side()?;
     let mut tx = state.pool.begin().await?;
-    let order = orders::visible_or_404(orders::lock(&mut tx, id).await?, |o| {
+    let mut order = orders::visible_or_404(orders::lock(&mut tx, id).await?, |o| {
         side.may_see(o.buyer_id)
     })?;
     match order.status.as_str() {
         "CANCELED" => return Err(ApiError::Conflict("the order is canceled".into())),
         "PENDING" => {
-            payment::mark_paid(&mut tx, id, None).await?;
+            // Locked above, so PENDING until this commits.
+            let paid_at = payment::mark_paid(&mut tx, id, None)
+                .await?
+                .ok_or_else(|| ApiError::Internal("a locked PENDING order did not move".into()))?;
             orders::audit(
                 &mut tx,
                 &auth,
@@ -57,12 +60,11 @@ async fn pay_order(
                 serde_json::json!({}),
             )
             .await?;
+            order.status = "PAID".into();
+            order.paid_at = Some(paid_at);
         }
         _ => {}
     }
-    let order = orders::find(&mut tx, id)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
     tx.commit().await?;
     Ok(Json(Order::from_row(order, None)))
 }

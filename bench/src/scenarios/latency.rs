@@ -82,7 +82,8 @@ async fn body(env: &Env, db: &BenchDb, rates: &[u64], phase: Duration) -> Res<se
                 let mut tx = pool.begin().await?;
                 let paid =
                     autokey_api::orders::payment::mark_paid(&mut tx, order_id, Some("bench"))
-                        .await?;
+                        .await?
+                        .is_some();
                 tx.commit().await?;
                 let at = Instant::now();
                 if paid {
