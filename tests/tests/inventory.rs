@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use autokey_tests::{Reply, TestApp, spawn_app};
+use autokey_tests::{Reply, TestApp, fixtures, spawn_app};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -768,4 +768,52 @@ async fn uploads_that_add_keys_enqueue_one_replenishment_per_batch() {
     let r = upload_text(&app, &token, pool, text).await;
     assert_eq!(r.body["added"], 5000);
     assert_eq!(jobs().await, 3, "two batches added keys");
+}
+
+#[tokio::test]
+async fn a_key_must_name_an_existing_pool_and_stays_in_it() {
+    let app = spawn_app().await;
+    let shop = fixtures::shop(&app, 2).await;
+    let insert = |pool_id: Uuid, fingerprint: u8| {
+        sqlx::query(
+            "INSERT INTO keys (id, pool_id, ciphertext, nonce, enc_key_id, fingerprint)
+             VALUES ($1, $2, '\\x00', '\\x000000000000000000000000', 'k1', $3)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(pool_id)
+        .bind(vec![fingerprint; 32])
+    };
+    let err = insert(Uuid::now_v7(), 1)
+        .execute(&app.pool)
+        .await
+        .unwrap_err();
+    let db = err.as_database_error().expect("a database error");
+    assert_eq!(db.code().as_deref(), Some("23503"));
+    assert_eq!(db.constraint(), Some("keys_pool_id_fkey"));
+    // Nothing was kept, and the real pool's counters did not move.
+    let strays: i64 = sqlx::query_scalar("SELECT count(*) FROM keys WHERE pool_id <> $1")
+        .bind(shop.pool_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(strays, 0);
+    insert(shop.pool_id, 2).execute(&app.pool).await.unwrap();
+    assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (3, 0, 0));
+
+    let other = fixtures::shop(&app, 0).await;
+    let moved = sqlx::query("UPDATE keys SET pool_id = $1 WHERE pool_id = $2")
+        .bind(other.pool_id)
+        .bind(shop.pool_id)
+        .execute(&app.pool)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        moved.as_database_error().unwrap().code().as_deref(),
+        Some("23503")
+    );
+    let deleted = sqlx::query("DELETE FROM key_pools WHERE id = $1")
+        .bind(other.pool_id)
+        .execute(&app.pool)
+        .await;
+    assert!(deleted.is_err(), "pools are never deleted");
 }
