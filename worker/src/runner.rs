@@ -35,7 +35,8 @@ pub struct WorkerConfig {
     pub job_retention: Duration,
     pub maintenance_interval: Duration,
     /// Other waiting orders a fulfillment job serves in its own transaction (0: one
-    /// order per transaction).
+    /// order per transaction). Measured on a 20k backlog, 2 cores: 63 -> ~10k orders/s,
+    /// 255 -> ~17k with one worker process and less contention between several.
     pub batch_extra_orders: i64,
     /// Run fulfillment jobs the moment they are announced, in one transaction each (see
     /// `fast_lane`); apalis's workers then poll only, as the fallback and for retries.
@@ -54,7 +55,7 @@ impl Default for WorkerConfig {
             lock_timeout: Duration::from_secs(5),
             job_retention: Duration::from_secs(3600),
             maintenance_interval: Duration::from_secs(15),
-            batch_extra_orders: 63,
+            batch_extra_orders: 255,
             fast_lane: true,
         }
     }

@@ -17,7 +17,7 @@ use crate::common::*;
 
 const POOLS: usize = 10;
 /// Pays in flight at most (a connection each).
-const IN_FLIGHT: usize = 16;
+const IN_FLIGHT: usize = 32;
 
 pub async fn run(env: &Env, rates: &[u64], phase: Duration) -> Res<serde_json::Value> {
     let db = BenchDb::create(env, IN_FLIGHT as u32 + 4).await?;
