@@ -36,6 +36,29 @@ async fn scalar(app: &TestApp, sql: &str, id: Uuid) -> i64 {
         .unwrap()
 }
 
+/// The first `n` attempts to move an order to FULFILLED hit a serialization failure (a
+/// real database error; the sequence is not rolled back with the transaction).
+async fn fail_fulfillments(app: &TestApp, n: i64) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE SEQUENCE injected_failures;
+         CREATE FUNCTION fail_fulfillment() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           -- Nested: an AND would not short-circuit, and every update would count.
+           IF NEW.status = 'FULFILLED' THEN
+             IF nextval('injected_failures') <= {n} THEN
+               RAISE EXCEPTION 'injected' USING ERRCODE = '40001';
+             END IF;
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER fail_fulfillment BEFORE UPDATE ON orders
+             FOR EACH ROW EXECUTE FUNCTION fail_fulfillment();"
+    )))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn a_job_run_twice_changes_nothing() {
     let app = spawn_app().await;
@@ -126,24 +149,7 @@ async fn the_database_refuses_a_second_delivery_of_a_key() {
 async fn a_transient_failure_is_retried_after_a_delay_and_succeeds() {
     let app = spawn_app().await;
     let shop = fixtures::shop(&app, 1).await;
-    // The first two fulfillment attempts hit a serialization failure (a real
-    // database error; the sequence is not rolled back with the transaction).
-    sqlx::raw_sql(
-        "CREATE SEQUENCE fail_twice;
-         CREATE FUNCTION fail_twice() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-           IF NEW.status = 'FULFILLED' THEN
-             IF nextval('fail_twice') <= 2 THEN
-               RAISE EXCEPTION 'injected' USING ERRCODE = '40001';
-             END IF;
-           END IF;
-           RETURN NEW;
-         END $$;
-         CREATE TRIGGER fail_twice BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION fail_twice();",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    fail_fulfillments(&app, 2).await;
     let id = paid_order(&app, shop.offer_id, 1).await;
     // Only the order's own job may run into the injected failures.
     sqlx::query("DELETE FROM apalis.jobs WHERE job_type = 'autokey::replenish_pool'")
@@ -602,22 +608,7 @@ async fn a_new_job_waits_out_the_lane_grace_before_the_queue_fetches_it() {
 async fn a_failed_fast_lane_run_counts_as_an_attempt_and_the_queue_retries_it_later() {
     let app = spawn_app().await;
     let shop = fixtures::shop(&app, 1).await;
-    sqlx::raw_sql(
-        "CREATE SEQUENCE fail_once;
-         CREATE FUNCTION fail_once() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-           IF NEW.status = 'FULFILLED' THEN
-             IF nextval('fail_once') <= 1 THEN
-               RAISE EXCEPTION 'injected' USING ERRCODE = '40001';
-             END IF;
-           END IF;
-           RETURN NEW;
-         END $$;
-         CREATE TRIGGER fail_once BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION fail_once();",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    fail_fulfillments(&app, 1).await;
     let worker = app.start_worker();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let paid_at = Instant::now();
