@@ -34,6 +34,8 @@ pub async fn run(
     let mut listener = PgListener::connect_with(&pool).await?;
     listener.listen(jobs::LANE_CHANNEL).await?;
     let (tx, mut rx) = mpsc::channel::<String>(BACKLOG);
+    // The listener reads on its own task, so no read of it is ever cancelled half-way.
+    let listening = tokio::spawn(forward(listener, tx));
     let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let mut running = JoinSet::new();
     tokio::pin!(stop);
@@ -41,33 +43,46 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = &mut stop => break,
-            note = listener.recv() => match note {
-                Ok(note) => {
-                    // Full: the queue's workers take it after the grace (it stays Pending).
-                    let _ = tx.try_send(note.payload().to_owned());
-                }
-                Err(e) => {
-                    // recv() reconnects by itself; jobs announced meanwhile are polled
-                    // by the queue's workers.
-                    tracing::warn!(error = %e, "fast lane listener error");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            },
-            Ok(slot) = slots.clone().acquire_owned(), if !rx.is_empty() => {
-                if let Some(job_id) = rx.recv().await {
-                    let pool = pool.clone();
-                    let config = config.clone();
-                    running.spawn(async move {
-                        let _slot = slot;
-                        run_one(&pool, &config, &job_id).await;
-                    });
-                }
-            }
             Some(_) = running.join_next(), if !running.is_empty() => {}
+            job = rx.recv() => {
+                let Some(job_id) = job else { break };
+                let slot = tokio::select! {
+                    _ = &mut stop => break,
+                    slot = slots.clone().acquire_owned() => slot.expect("the lane's semaphore is never closed"),
+                };
+                let (pool, config) = (pool.clone(), config.clone());
+                running.spawn(async move {
+                    let _slot = slot;
+                    run_one(&pool, &config, &job_id).await;
+                });
+            }
         }
     }
+    listening.abort();
     while running.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Hands announced job ids to the lane; drops them when the lane is BACKLOG behind (they
+/// stay Pending: the queue's workers take them after the grace).
+async fn forward(mut listener: PgListener, tx: mpsc::Sender<String>) {
+    loop {
+        match listener.recv().await {
+            Ok(note) => {
+                if let Err(mpsc::error::TrySendError::Closed(_)) =
+                    tx.try_send(note.payload().to_owned())
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                // recv() reconnects by itself; jobs announced meanwhile are polled by the
+                // queue's workers.
+                tracing::warn!(error = %e, "fast lane listener error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }
 
 async fn run_one(pool: &PgPool, config: &WorkerConfig, job_id: &str) {
