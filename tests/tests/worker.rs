@@ -609,6 +609,12 @@ async fn a_failed_fast_lane_run_counts_as_an_attempt_and_the_queue_retries_it_la
     let app = spawn_app().await;
     let shop = fixtures::shop(&app, 1).await;
     fail_fulfillments(&app, 1).await;
+    // Only the order's own job may serve it (the shop's replenishment would serve any
+    // PAID order of the pool, at its own time).
+    sqlx::query("DELETE FROM apalis.jobs WHERE job_type = 'autokey::replenish_pool'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
     let worker = app.start_worker();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let paid_at = Instant::now();

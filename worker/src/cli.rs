@@ -15,7 +15,9 @@ use crate::runner::WorkerConfig;
     about = "autokey worker: fulfills paid orders and serves backorders until SIGTERM/SIGINT.",
     long_about = "autokey worker: claims fulfillment jobs from PostgreSQL (apalis), locks available keys \
 (FOR UPDATE SKIP LOCKED), delivers them and moves orders to FULFILLED; serves backordered orders when \
-keys arrive; retries transient failures with durable exponential backoff; prunes finished jobs.\n\n\
+keys arrive; retries transient failures with durable exponential backoff; prunes finished jobs. \
+A job serves up to 256 waiting orders of its pool in one transaction, and a new job is run the moment \
+it is announced (the fast lane), in the same transaction that marks it done.\n\n\
 Run as many processes as you like, on one or many machines: each start has a unique identity, and the \
 jobs of a process that dies are picked up by the others within seconds.\n\n\
 On SIGTERM or SIGINT it stops taking jobs, lets running ones finish, and exits 0.\n\n\
