@@ -634,3 +634,61 @@ async fn a_failed_fast_lane_run_counts_as_an_attempt_and_the_queue_retries_it_la
     );
     assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (0, 0, 1));
 }
+
+#[tokio::test]
+async fn a_worker_killed_inside_a_fast_lane_run_leaves_the_job_to_the_others() {
+    let app = spawn_app().await;
+    let shop = fixtures::shop(&app, 1).await;
+    sqlx::query("DELETE FROM apalis.jobs WHERE job_type = 'autokey::replenish_pool'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let doomed = app.start_worker_with(autokey_worker::WorkerConfig {
+        lock_timeout: Duration::from_secs(60),
+        ..test_worker_config()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Holding the pool row makes the lane's delivery (its counter update) wait on it,
+    // mid-transaction, with the job, the order and the key already locked. NO KEY: orders
+    // may still be placed (their foreign key only shares the row's key).
+    let mut blocker = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM key_pools WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(shop.pool_id)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let id = paid_order(&app, shop.offer_id, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'
+               AND query LIKE 'WITH a AS%order_deliveries%'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lane never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    doomed.kill();
+    blocker.rollback().await.unwrap();
+    let survivor = app.start_worker();
+    app.wait_for_status(id, "FULFILLED", Duration::from_secs(10))
+        .await;
+    app.wait_for_job(id, "Done", Duration::from_secs(10)).await;
+    survivor.stop().await.unwrap();
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) FROM order_deliveries WHERE order_id = $1",
+            id
+        )
+        .await,
+        1
+    );
+    assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (0, 0, 1));
+}

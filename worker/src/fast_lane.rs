@@ -34,8 +34,10 @@ pub async fn run(
     let mut listener = PgListener::connect_with(&pool).await?;
     listener.listen(jobs::LANE_CHANNEL).await?;
     let (tx, mut rx) = mpsc::channel::<String>(BACKLOG);
-    // The listener reads on its own task, so no read of it is ever cancelled half-way.
-    let listening = tokio::spawn(forward(listener, tx));
+    // The listener reads on its own task, so no read of it is ever cancelled half-way; in a
+    // JoinSet, so it ends with the lane however the lane ends.
+    let mut listening = JoinSet::new();
+    listening.spawn(forward(listener, tx));
     let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let mut running = JoinSet::new();
     tokio::pin!(stop);
@@ -58,7 +60,7 @@ pub async fn run(
             }
         }
     }
-    listening.abort();
+    listening.abort_all();
     while running.join_next().await.is_some() {}
     Ok(())
 }
