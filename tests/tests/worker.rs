@@ -36,6 +36,24 @@ async fn scalar(app: &TestApp, sql: &str, id: Uuid) -> i64 {
         .unwrap()
 }
 
+async fn deliveries(app: &TestApp, order_id: Uuid) -> i64 {
+    scalar(
+        app,
+        "SELECT count(*) FROM order_deliveries WHERE order_id = $1",
+        order_id,
+    )
+    .await
+}
+
+/// Drops the shop's queued replenishment, which would serve any PAID order of the pool
+/// at its own time, so that only the order's own job can serve it.
+async fn keep_replenishment_out(app: &TestApp) {
+    sqlx::query("DELETE FROM apalis.jobs WHERE job_type = 'autokey::replenish_pool'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+}
+
 /// The first `n` attempts to move an order to FULFILLED hit a serialization failure (a
 /// real database error; the sequence is not rolled back with the transaction).
 async fn fail_fulfillments(app: &TestApp, n: i64) {
@@ -106,15 +124,7 @@ async fn a_job_run_twice_changes_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     worker.stop().await.unwrap();
-    assert_eq!(
-        scalar(
-            &app,
-            "SELECT count(*) FROM order_deliveries WHERE order_id = $1",
-            id
-        )
-        .await,
-        2
-    );
+    assert_eq!(deliveries(&app, id).await, 2);
     assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (2, 0, 2));
 }
 
@@ -152,10 +162,7 @@ async fn a_transient_failure_is_retried_after_a_delay_and_succeeds() {
     fail_fulfillments(&app, 2).await;
     let id = paid_order(&app, shop.offer_id, 1).await;
     // Only the order's own job may run into the injected failures.
-    sqlx::query("DELETE FROM apalis.jobs WHERE job_type = 'autokey::replenish_pool'")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    keep_replenishment_out(&app).await;
     let started = Instant::now();
     let worker = app.start_worker();
     app.wait_for_status(id, "FULFILLED", Duration::from_secs(20))
@@ -251,15 +258,7 @@ async fn a_worker_killed_mid_job_leaves_nothing_stuck() {
     let took = started.elapsed();
     survivor.stop().await.unwrap();
     assert!(took < Duration::from_secs(10), "recovery took {took:?}");
-    assert_eq!(
-        scalar(
-            &app,
-            "SELECT count(*) FROM order_deliveries WHERE order_id = $1",
-            id
-        )
-        .await,
-        1
-    );
+    assert_eq!(deliveries(&app, id).await, 1);
     assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (0, 0, 1));
 }
 
@@ -517,15 +516,7 @@ async fn a_batch_that_runs_short_serves_the_oldest_and_backorders_the_rest_in_pa
         2
     );
     for (id, q) in ids.iter().zip(quantities).take(3) {
-        assert_eq!(
-            scalar(
-                &app,
-                "SELECT count(*) FROM order_deliveries WHERE order_id = $1",
-                *id
-            )
-            .await,
-            i64::from(q)
-        );
+        assert_eq!(deliveries(&app, *id).await, i64::from(q));
     }
     assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (0, 2, 10));
 
@@ -609,12 +600,7 @@ async fn a_failed_fast_lane_run_counts_as_an_attempt_and_the_queue_retries_it_la
     let app = spawn_app().await;
     let shop = fixtures::shop(&app, 1).await;
     fail_fulfillments(&app, 1).await;
-    // Only the order's own job may serve it (the shop's replenishment would serve any
-    // PAID order of the pool, at its own time).
-    sqlx::query("DELETE FROM apalis.jobs WHERE job_type = 'autokey::replenish_pool'")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    keep_replenishment_out(&app).await;
     let worker = app.start_worker();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let paid_at = Instant::now();
@@ -639,10 +625,7 @@ async fn a_failed_fast_lane_run_counts_as_an_attempt_and_the_queue_retries_it_la
 async fn a_worker_killed_inside_a_fast_lane_run_leaves_the_job_to_the_others() {
     let app = spawn_app().await;
     let shop = fixtures::shop(&app, 1).await;
-    sqlx::query("DELETE FROM apalis.jobs WHERE job_type = 'autokey::replenish_pool'")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    keep_replenishment_out(&app).await;
     let doomed = app.start_worker_with(autokey_worker::WorkerConfig {
         lock_timeout: Duration::from_secs(60),
         ..test_worker_config()
@@ -681,14 +664,6 @@ async fn a_worker_killed_inside_a_fast_lane_run_leaves_the_job_to_the_others() {
         .await;
     app.wait_for_job(id, "Done", Duration::from_secs(10)).await;
     survivor.stop().await.unwrap();
-    assert_eq!(
-        scalar(
-            &app,
-            "SELECT count(*) FROM order_deliveries WHERE order_id = $1",
-            id
-        )
-        .await,
-        1
-    );
+    assert_eq!(deliveries(&app, id).await, 1);
     assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (0, 0, 1));
 }
