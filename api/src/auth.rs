@@ -1,7 +1,14 @@
 //! Bearer-token authentication: the `Auth` extractor yields the caller's principal or
 //! rejects with 401 JSON.
 
-use autokey_shared::tokens::{self, Principal, Role};
+use autokey_shared::{
+    model::Role,
+    store::{
+        audit::Actor,
+        orders::Viewer,
+        tokens::{self, Principal},
+    },
+};
 use axum::{extract::FromRequestParts, http::request::Parts};
 use uuid::Uuid;
 
@@ -60,6 +67,15 @@ impl Auth {
     pub fn subject(&self) -> Option<Uuid> {
         self.0.subject
     }
+
+    /// Who acts, for the audit log.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            role: self.0.role,
+            subject: self.0.subject,
+            token_id: Some(self.0.token_id),
+        }
+    }
 }
 
 /// A buyer acts for itself; a storefront for any buyer it names.
@@ -86,11 +102,11 @@ impl BuyerSide {
         }
     }
 
-    /// Whether this caller may see an order of `buyer_id`.
-    pub fn may_see(&self, buyer_id: Uuid) -> bool {
+    /// Whose orders this caller may see and act on.
+    pub fn viewer(&self) -> Viewer {
         match self {
-            BuyerSide::Buyer(id) => *id == buyer_id,
-            BuyerSide::Storefront => true,
+            BuyerSide::Buyer(id) => Viewer::Buyer(*id),
+            BuyerSide::Storefront => Viewer::Storefront,
         }
     }
 }

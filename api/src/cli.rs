@@ -5,7 +5,8 @@ use std::{net::SocketAddr, sync::Arc};
 use autokey_shared::{
     config::{self, ConfigError, DatabaseConfig},
     db,
-    tokens::{self, Role},
+    model::Role,
+    store::tokens,
 };
 use clap::{Parser, Subcommand};
 use uuid::Uuid;
@@ -65,6 +66,7 @@ pub enum TokenAction {
 
 fn parse_role(s: &str) -> Result<Role, String> {
     s.parse()
+        .map_err(|_| format!("unknown role {s:?} (expected seller, buyer, storefront or admin)"))
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -125,10 +127,10 @@ async fn token(action: TokenAction) -> Result<(), String> {
             let created = tokens::create_token(&mut conn, role, subject)
                 .await
                 .map_err(|e| e.to_string())?;
-            if subject.is_none() {
-                if let Some(s) = created.subject {
-                    eprintln!("{role} id: {s}");
-                }
+            if subject.is_none()
+                && let Some(s) = created.subject
+            {
+                eprintln!("{role} id: {s}");
             }
             eprintln!("token id: {}", created.id);
             println!("{}", created.token);

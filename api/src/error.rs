@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use autokey_shared::error::CoreError;
 use axum::{
     Json,
     extract::rejection::{JsonRejection, PathRejection, QueryRejection},
@@ -134,18 +135,23 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Named constraints become clear 4xx errors; passing database trouble a 503.
-impl From<sqlx::Error> for ApiError {
-    fn from(err: sqlx::Error) -> Self {
-        if let Some(constraint) = autokey_shared::db::violated_constraint(&err) {
-            if let Some(mapped) = constraint_error(constraint) {
-                return mapped;
-            }
+/// Named constraints become clear 4xx errors; passing database trouble a 503; a broken
+/// invariant or anything else an opaque 500.
+impl From<CoreError> for ApiError {
+    fn from(err: CoreError) -> Self {
+        if let Some(mapped) = err.constraint().and_then(constraint_error) {
+            return mapped;
         }
-        if matches!(err, sqlx::Error::PoolTimedOut) || autokey_shared::db::is_transient(&err) {
+        if err.is_retryable() {
             return ApiError::Unavailable;
         }
         ApiError::internal(err)
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        CoreError::from(err).into()
     }
 }
 

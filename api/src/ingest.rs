@@ -19,12 +19,13 @@ use std::{
 };
 
 use autokey_shared::{
-    jobs::{self, ReplenishPool},
+    jobs::{ReplenishPool, queue},
+    store::keys::{self, NewKey},
     vault::Vault,
 };
 use futures::{StreamExt, stream};
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::{sync::mpsc, task::JoinHandle};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -95,9 +96,11 @@ type Fingerprints = HashSet<[u8; 32]>;
 /// The fingerprints of the last `IN_FLIGHT - 1` batches sent, oldest first.
 type Recent = VecDeque<Fingerprints>;
 
-/// A batch ready to be stored, and the lines it dropped as repeats of earlier ones.
+/// A batch ready to be stored (keys in fingerprint order, with their lines), and the
+/// lines it dropped as repeats of earlier ones.
 struct Prepared {
-    rows: Vec<Row>,
+    keys: Vec<NewKey>,
+    lines: Vec<u64>,
     repeated: Lost,
 }
 
@@ -212,16 +215,6 @@ struct Target {
     upload_id: Uuid,
 }
 
-/// A key ready to be written: sealed for its row, known only by its fingerprint.
-struct Row {
-    line: u64,
-    id: Uuid,
-    fingerprint: [u8; 32],
-    ciphertext: Vec<u8>,
-    nonce: [u8; 12],
-    enc_key_id: String,
-}
-
 /// What became of a batch's lines that were not stored, in line order.
 type Lost = Vec<(u64, &'static str)>;
 
@@ -250,12 +243,16 @@ impl Target {
     /// Stores one batch (retried if its transaction loses a race); returns how many keys
     /// were stored and why the other lines were not, in line order.
     async fn store_batch(&self, batch: Prepared) -> Result<(u64, Lost), ApiError> {
-        let Prepared { rows, mut repeated } = batch;
+        let Prepared {
+            keys,
+            lines,
+            mut repeated,
+        } = batch;
         let mut attempt = 0;
         let (added, lost) = loop {
             attempt += 1;
-            match self.store(&rows).await {
-                Err(e) if attempt < 3 && autokey_shared::db::is_transient(&e) => continue,
+            match self.store(&keys, &lines).await {
+                Err(e) if attempt < 3 && autokey_shared::error::is_transient(&e) => continue,
                 other => break other?,
             }
         };
@@ -266,31 +263,33 @@ impl Target {
 
     /// Inserts the rows in one transaction, together with the replenishment job when
     /// any was stored; returns how many were stored and why the others were not.
-    async fn store(&self, rows: &[Row]) -> Result<(u64, Lost), sqlx::Error> {
+    async fn store(&self, new: &[NewKey], lines: &[u64]) -> Result<(u64, Lost), sqlx::Error> {
         let mut tx = self.db.begin().await?;
-        let stored = insert_rows(&mut tx, self.pool_id, self.upload_id, rows).await?;
-        let lost: Vec<&Row> = rows
+        let stored = keys::insert(&mut tx, self.pool_id, Some(self.upload_id), new).await?;
+        let lost: Vec<(&NewKey, u64)> = new
             .iter()
-            .filter(|r| !stored.contains(&r.fingerprint))
+            .zip(lines.iter().copied())
+            .filter(|(k, _)| !stored.contains(&k.fingerprint))
             .collect();
-        let ours = stored_by_upload(&mut tx, self.upload_id, &lost).await?;
+        let lost_fingerprints: Vec<&[u8]> = lost.iter().map(|(k, _)| &k.fingerprint[..]).collect();
+        let ours = keys::stored_by_upload(&mut tx, self.upload_id, &lost_fingerprints).await?;
         if !stored.is_empty() {
             // Paid orders waiting for keys of this pool get served once these commit.
             let job = ReplenishPool {
                 pool_id: self.pool_id,
             };
-            jobs::enqueue(&mut tx, &job).await?;
+            queue::enqueue(&mut tx, &job).await?;
         }
         tx.commit().await?;
         let lost = lost
             .iter()
-            .map(|r| {
-                let reason = if ours.contains(&r.fingerprint) {
+            .map(|(k, line)| {
+                let reason = if ours.contains(&k.fingerprint) {
                     DUPLICATE_IN_UPLOAD
                 } else {
                     ALREADY_EXISTS
                 };
-                (r.line, reason)
+                (*line, reason)
             })
             .collect();
         Ok((stored.len() as u64, lost))
@@ -319,75 +318,23 @@ fn prepare(
         }
         let id = Uuid::now_v7();
         let sealed = vault.seal(id, pool_id, &key);
-        rows.push(Row {
+        rows.push((
             line,
-            id,
-            fingerprint,
-            ciphertext: sealed.ciphertext,
-            nonce: sealed.nonce,
-            enc_key_id: sealed.enc_key_id,
-        });
+            NewKey {
+                id,
+                fingerprint,
+                sealed,
+            },
+        ));
     }
-    rows.sort_unstable_by_key(|r| r.fingerprint);
-    (Prepared { rows, repeated }, seen)
-}
-
-/// Inserts `rows` (in fingerprint order), skipping fingerprints that exist; returns the
-/// fingerprints it stored.
-async fn insert_rows(
-    conn: &mut PgConnection,
-    pool_id: Uuid,
-    upload_id: Uuid,
-    rows: &[Row],
-) -> Result<HashSet<[u8; 32]>, sqlx::Error> {
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let ciphertexts: Vec<&[u8]> = rows.iter().map(|r| &r.ciphertext[..]).collect();
-    let nonces: Vec<&[u8]> = rows.iter().map(|r| &r.nonce[..]).collect();
-    let enc_key_ids: Vec<&str> = rows.iter().map(|r| r.enc_key_id.as_str()).collect();
-    let fingerprints: Vec<&[u8]> = rows.iter().map(|r| &r.fingerprint[..]).collect();
-    let stored: Vec<Vec<u8>> = sqlx::query_scalar(
-        "INSERT INTO keys (id, pool_id, ciphertext, nonce, enc_key_id, fingerprint, upload_batch_id)
-         SELECT r.id, $6, r.ciphertext, r.nonce, r.enc_key_id, r.fingerprint, $7
-         FROM UNNEST($1::uuid[], $2::bytea[], $3::bytea[], $4::text[], $5::bytea[])
-              AS r (id, ciphertext, nonce, enc_key_id, fingerprint)
-         ORDER BY r.fingerprint
-         ON CONFLICT (fingerprint) DO NOTHING
-         RETURNING fingerprint",
+    rows.sort_unstable_by_key(|(_, k)| k.fingerprint);
+    let (lines, keys) = rows.into_iter().unzip();
+    (
+        Prepared {
+            keys,
+            lines,
+            repeated,
+        },
+        seen,
     )
-    .bind(ids)
-    .bind(ciphertexts)
-    .bind(nonces)
-    .bind(enc_key_ids)
-    .bind(fingerprints)
-    .bind(pool_id)
-    .bind(upload_id)
-    .fetch_all(conn)
-    .await?;
-    Ok(stored
-        .into_iter()
-        .filter_map(|f| <[u8; 32]>::try_from(f).ok())
-        .collect())
-}
-
-/// Which of the `lost` rows' fingerprints this same upload stored (in another batch).
-async fn stored_by_upload(
-    conn: &mut PgConnection,
-    upload_id: Uuid,
-    lost: &[&Row],
-) -> Result<HashSet<[u8; 32]>, sqlx::Error> {
-    if lost.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let fingerprints: Vec<&[u8]> = lost.iter().map(|r| &r.fingerprint[..]).collect();
-    let ours: Vec<Vec<u8>> = sqlx::query_scalar(
-        "SELECT fingerprint FROM keys WHERE fingerprint = ANY($1) AND upload_batch_id = $2",
-    )
-    .bind(fingerprints)
-    .bind(upload_id)
-    .fetch_all(conn)
-    .await?;
-    Ok(ours
-        .into_iter()
-        .filter_map(|f| <[u8; 32]>::try_from(f).ok())
-        .collect())
 }

@@ -11,6 +11,7 @@ pub mod key_input;
 pub mod middleware;
 pub mod openapi;
 pub mod orders;
+pub mod pagination;
 pub mod routes;
 pub mod state;
 pub mod webhook_signature;

@@ -475,10 +475,9 @@ pub async fn start_api(
             .timeout(Duration::from_secs(1))
             .send()
             .await
+            && r.status().is_success()
         {
-            if r.status().is_success() {
-                return Ok(proc);
-            }
+            return Ok(proc);
         }
         if Instant::now() > deadline {
             return Err(err("autokey-api did not become ready within 15 s"));

@@ -79,37 +79,16 @@ pub async fn is_ready(pool: &PgPool) -> bool {
     matches!(applied, Ok(n) if n == expected)
 }
 
-/// Maps a database error to the name of the constraint it violated, if any.
-pub fn violated_constraint(err: &sqlx::Error) -> Option<&str> {
-    match err {
-        sqlx::Error::Database(db) => db.constraint(),
-        _ => None,
-    }
-}
-
-/// Errors worth retrying: the connection or the server had a passing problem,
-/// or the transaction lost a serialization/deadlock race.
-pub fn is_transient(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => matches!(
-            db.code().as_deref(),
-            Some(
-                "40001"
-                    | "40P01"
-                    | "55P03"
-                    | "57P01"
-                    | "57P02"
-                    | "57P03"
-                    | "53300"
-                    | "08000"
-                    | "08003"
-                    | "08006"
-            )
-        ),
-        _ => false,
-    }
+/// Begins a transaction in which waiting on a lock longer than `lock_timeout` fails
+/// (retryably) instead of holding a worker slot hostage; the setting travels with BEGIN,
+/// so it costs no round trip of its own.
+pub async fn begin_with_lock_timeout(
+    pool: &PgPool,
+    lock_timeout: Duration,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let millis = lock_timeout.as_millis().clamp(1, i32::MAX as u128);
+    pool.begin_with(sqlx::AssertSqlSafe(format!(
+        "BEGIN; SET LOCAL lock_timeout = '{millis}ms'"
+    )))
+    .await
 }

@@ -1,11 +1,14 @@
-//! autokey's common crate: configuration, the key vault, tokens, database access and
-//! the job definitions shared by the HTTP front (`autokey-api`) and the worker.
+//! autokey's domain core, shared by the HTTP front (`autokey-api`) and the worker: the
+//! vocabularies ([`model`]), the store of every table ([`store`]), the one module that
+//! moves keys and orders between statuses ([`transitions`]), the job queue ([`jobs`]),
+//! the key vault, configuration and database plumbing. See ARCHITECTURE.md.
 
-pub mod availability;
 pub mod config;
 pub mod db;
+pub mod error;
 pub mod jobs;
 pub mod model;
+pub mod store;
 pub mod telemetry;
-pub mod tokens;
+pub mod transitions;
 pub mod vault;

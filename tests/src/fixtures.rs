@@ -1,7 +1,11 @@
-//! Data set up directly in the database, for tests about orders and the worker that
-//! should not depend on the inventory routes.
+//! Shops set up through the core's own functions (the same ones the routes call), for
+//! tests about orders and the worker that should not depend on the inventory routes.
 
-use autokey_shared::jobs::{self, ReplenishPool};
+use autokey_shared::{
+    jobs::{ReplenishPool, queue},
+    model::{DeliveryType, OfferStatus, Role},
+    store::{self, keys::NewKey, offers::DraftFields, tokens},
+};
 use uuid::Uuid;
 
 use crate::TestApp;
@@ -14,38 +18,35 @@ pub struct Shop {
 
 /// A seller with a pool of `keys` keys and an active AUTO_KEY offer on it at 999 EUR cents.
 pub async fn shop(app: &TestApp, keys: usize) -> Shop {
-    let seller_id = Uuid::now_v7();
-    let pool_id = Uuid::now_v7();
-    let offer_id = Uuid::now_v7();
     let mut tx = app.pool.begin().await.unwrap();
-    sqlx::query("INSERT INTO sellers (id) VALUES ($1)")
-        .bind(seller_id)
-        .execute(&mut *tx)
+    let seller = tokens::create_token(&mut tx, Role::Seller, None)
         .await
         .unwrap();
-    sqlx::query("INSERT INTO key_pools (id, seller_id, name) VALUES ($1, $2, 'fixture')")
-        .bind(pool_id)
-        .bind(seller_id)
-        .execute(&mut *tx)
+    let seller_id = seller.subject.unwrap();
+    let pool = store::pools::create(&mut tx, seller_id, "fixture", 0)
         .await
         .unwrap();
-    sqlx::query(
-        "INSERT INTO offers (id, seller_id, title, price_cents, currency, delivery_type, key_pool_id, status)
-         VALUES ($1, $2, 'Fixture game', 999, 'EUR', 'AUTO_KEY', $3, 'active')",
-    )
-    .bind(offer_id)
-    .bind(seller_id)
-    .bind(pool_id)
-    .execute(&mut *tx)
-    .await
-    .unwrap();
+    let draft = DraftFields {
+        title: "Fixture game",
+        price_cents: 999,
+        currency: "EUR",
+        delivery_type: DeliveryType::AutoKey,
+        key_pool_id: Some(pool.id),
+        stock_count: None,
+    };
+    let offer = store::offers::insert_draft(&mut tx, seller_id, &draft)
+        .await
+        .unwrap();
+    store::offers::set_status(&mut tx, offer.id, OfferStatus::Active)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let shop = Shop {
         seller_id,
-        pool_id,
-        offer_id,
+        pool_id: pool.id,
+        offer_id: offer.id,
     };
-    add_keys(app, pool_id, keys).await;
+    add_keys(app, pool.id, keys).await;
     shop
 }
 
@@ -54,34 +55,25 @@ pub async fn add_keys(app: &TestApp, pool_id: Uuid, n: usize) -> Vec<String> {
     let plain: Vec<String> = (0..n)
         .map(|_| format!("KEY-{}", Uuid::new_v4().simple()))
         .collect();
-    let mut tx = app.pool.begin().await.unwrap();
-    for chunk in plain.chunks(1000) {
-        let mut ids = Vec::new();
-        let mut cts = Vec::new();
-        let mut nonces = Vec::new();
-        let mut fps = Vec::new();
-        for k in chunk {
+    let mut rows: Vec<NewKey> = plain
+        .iter()
+        .map(|k| {
             let id = Uuid::now_v7();
-            let sealed = app.vault.seal(id, pool_id, k);
-            ids.push(id);
-            cts.push(sealed.ciphertext);
-            nonces.push(sealed.nonce.to_vec());
-            fps.push(app.vault.fingerprint(k).to_vec());
-        }
-        sqlx::query(
-            "INSERT INTO keys (id, pool_id, ciphertext, nonce, enc_key_id, fingerprint)
-             SELECT id, $2, ct, nonce, 'k1', fp FROM unnest($1::uuid[], $3::bytea[], $4::bytea[], $5::bytea[]) AS t(id, ct, nonce, fp)",
-        )
-        .bind(&ids)
-        .bind(pool_id)
-        .bind(&cts)
-        .bind(&nonces)
-        .bind(&fps)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+            NewKey {
+                id,
+                fingerprint: app.vault.fingerprint(k),
+                sealed: app.vault.seal(id, pool_id, k),
+            }
+        })
+        .collect();
+    rows.sort_by_key(|r| r.fingerprint);
+    let mut tx = app.pool.begin().await.unwrap();
+    for chunk in rows.chunks(1000) {
+        store::keys::insert(&mut tx, pool_id, None, chunk)
+            .await
+            .unwrap();
     }
-    jobs::enqueue(&mut tx, &ReplenishPool { pool_id })
+    queue::enqueue(&mut tx, &ReplenishPool { pool_id })
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -97,4 +89,25 @@ pub async fn pool_counts(app: &TestApp, pool_id: Uuid) -> (i64, i64, i64) {
     .fetch_one(&app.pool)
     .await
     .unwrap()
+}
+
+/// Withdraws up to `n` AVAILABLE keys of the pool (INVALID), through the core's
+/// transition, as a seller's invalidation does.
+pub async fn invalidate_keys(app: &TestApp, pool_id: Uuid, n: usize) {
+    let mut tx = app.pool.begin().await.unwrap();
+    let keys = store::keys::page(
+        &mut tx,
+        pool_id,
+        Some(autokey_shared::model::KeyStatus::Available),
+        None,
+        n as i64,
+    )
+    .await
+    .unwrap();
+    for k in keys {
+        autokey_shared::transitions::invalidate(&mut tx, k.id)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
 }

@@ -6,10 +6,7 @@ pub mod db;
 use std::{net::SocketAddr, sync::Arc};
 
 use autokey_api::{AppState, Settings, fulfillment_wait::FulfillmentWaiter};
-use autokey_shared::{
-    tokens::{self, Role},
-    vault::Vault,
-};
+use autokey_shared::{model::Role, store::tokens, vault::Vault};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -272,13 +269,10 @@ impl TestApp {
     pub async fn wait_for_job(&self, order_id: Uuid, status: &str, within: std::time::Duration) {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let s: Option<String> = sqlx::query_scalar(
-                "SELECT status FROM apalis.jobs WHERE job_type = 'autokey::fulfill_order' AND idempotency_key = $1",
-            )
-            .bind(order_id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .unwrap();
+            let mut conn = self.pool.acquire().await.unwrap();
+            let s = autokey_shared::jobs::queue::fulfillment_status(&mut conn, order_id)
+                .await
+                .unwrap();
             if s.as_deref() == Some(status) {
                 return;
             }

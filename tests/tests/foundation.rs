@@ -1,6 +1,6 @@
 //! Foundation: health, readiness, authentication, error format, API docs.
 
-use autokey_shared::tokens::{self, Role};
+use autokey_shared::{model::Role, store::tokens};
 use autokey_tests::spawn_app;
 use reqwest::{Method, StatusCode};
 

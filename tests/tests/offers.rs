@@ -1,7 +1,11 @@
 //! Offers through the HTTP API: drafts, publishing, status changes, visibility by role,
 //! and live availability from the key pool (and paid, undelivered orders).
 
-use autokey_tests::{Reply, TestApp, spawn_app};
+use std::time::Duration;
+
+use autokey_shared::{store, transitions};
+use autokey_tests::{Reply, TestApp, fixtures, spawn_app};
+use autokey_worker::fulfillment;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -107,22 +111,28 @@ async fn an_offer_published_with_no_keys_is_out_of_stock_until_keys_are_uploaded
     assert_eq!(availability(&list.body["items"][0]), ("in_stock", 3));
 }
 
-/// Inserts a PAID order of `quantity` units on the offer, directly in SQL.
+/// A PAID order of `quantity` units on the offer, placed and paid through the core (no
+/// worker runs in these tests, so it stays PAID until the test delivers it).
 async fn paid_order(app: &TestApp, offer: Uuid, pool: Uuid, quantity: i32) -> Uuid {
-    let id = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO orders (id, buyer_id, offer_id, pool_id, quantity, amount_cents, currency, status, paid_at)
-         VALUES ($1, $2, $3, $4, $5, 0, 'EUR', 'PAID', now())",
-    )
-    .bind(id)
-    .bind(Uuid::now_v7())
-    .bind(offer)
-    .bind(pool)
-    .bind(quantity)
-    .execute(&app.pool)
-    .await
-    .unwrap();
-    id
+    let mut tx = app.pool.begin().await.unwrap();
+    let new = store::orders::NewOrder {
+        buyer_id: Uuid::now_v7(),
+        offer_id: offer,
+        pool_id: Some(pool),
+        quantity,
+        amount_cents: 0,
+        currency: "EUR".into(),
+    };
+    let order = store::orders::insert(&mut tx, &new).await.unwrap();
+    transitions::pay(&mut tx, order.id, None).await.unwrap();
+    tx.commit().await.unwrap();
+    order.id
+}
+
+async fn deliver(app: &TestApp, order: Uuid) -> fulfillment::Outcome {
+    fulfillment::fulfill_order(&app.pool, order, Duration::from_secs(5))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -145,39 +155,41 @@ async fn available_count_subtracts_units_paid_and_not_yet_delivered() {
     };
     assert_eq!(read().await, 5);
 
+    fixtures::invalidate_keys(&app, pool, 4).await;
+    assert_eq!(read().await, 1);
     let order = paid_order(&app, offer, pool, 2).await;
-    assert_eq!(read().await, 3);
-    // Reserving the order's keys does not count them twice.
-    sqlx::query(
-        "UPDATE keys SET status = 'RESERVED', order_id = $2, reserved_at = now()
-         WHERE id IN (SELECT id FROM keys WHERE pool_id = $1 ORDER BY created_at, id LIMIT 2)",
+    assert_eq!(read().await, 0, "never below 0");
+    // The order reserves the one key left and waits for the other.
+    assert_eq!(
+        deliver(&app, order).await,
+        fulfillment::Outcome::Backordered {
+            reserved: 1,
+            quantity: 2
+        }
+    );
+    assert_eq!(read().await, 0);
+    // Reserving the order's keys does not count them twice: of 4 new keys, the waiting
+    // order still needs one, so 3 can be sold.
+    upload(
+        &app,
+        &seller,
+        pool,
+        &["AVAIL-06", "AVAIL-07", "AVAIL-08", "AVAIL-09"],
     )
-    .bind(pool)
-    .bind(order)
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(read().await, 3);
     // Delivered: the order no longer waits, its keys are gone from the pool.
-    sqlx::query("UPDATE keys SET status = 'DELIVERED', delivered_at = now() WHERE order_id = $1")
-        .bind(order)
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE orders SET status = 'FULFILLED', fulfilled_at = now() WHERE id = $1")
-        .bind(order)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    assert_eq!(
+        deliver(&app, order).await,
+        fulfillment::Outcome::Fulfilled { keys: 2 }
+    );
     assert_eq!(read().await, 3);
 
     paid_order(&app, offer, pool, 10).await;
     let r = app.get(&format!("/offers/{offer}"), &seller).await;
     assert_eq!(availability(&r.body), ("out_of_stock", 0), "never below 0");
     let mut conn = app.pool.acquire().await.unwrap();
-    let shared = autokey_shared::availability::auto_key_available(&mut conn, pool)
-        .await
-        .unwrap();
+    let shared = store::pools::sellable(&mut conn, pool).await.unwrap();
     assert_eq!(shared, 0);
 }
 

@@ -100,12 +100,12 @@ async fn a_job_run_twice_changes_nothing() {
         .await
         .unwrap();
     assert!(
-        jobs::enqueue(&mut conn, &FulfillOrder { order_id: id })
+        jobs::queue::enqueue(&mut conn, &FulfillOrder { order_id: id })
             .await
             .unwrap()
     );
     assert!(
-        !jobs::enqueue(&mut conn, &FulfillOrder { order_id: id })
+        !jobs::queue::enqueue(&mut conn, &FulfillOrder { order_id: id })
             .await
             .unwrap(),
         "one job per order"
@@ -150,7 +150,7 @@ async fn the_database_refuses_a_second_delivery_of_a_key() {
         .await
         .unwrap_err();
     assert_eq!(
-        autokey_shared::db::violated_constraint(&err),
+        autokey_shared::error::violated_constraint(&err),
         Some("order_deliveries_key_unique")
     );
 }
@@ -191,7 +191,7 @@ async fn a_permanently_failing_job_dies_visibly_and_an_operator_can_retry_it() {
     let mut conn = app.pool.acquire().await.unwrap();
     // A job for an order that does not exist cannot ever succeed.
     let ghost = Uuid::now_v7();
-    jobs::enqueue(&mut conn, &FulfillOrder { order_id: ghost })
+    jobs::queue::enqueue(&mut conn, &FulfillOrder { order_id: ghost })
         .await
         .unwrap();
     let worker = app.start_worker();
@@ -217,7 +217,7 @@ async fn a_permanently_failing_job_dies_visibly_and_an_operator_can_retry_it() {
         .await,
         1
     );
-    assert_eq!(jobs::retry_dead(&mut conn).await.unwrap(), 1);
+    assert_eq!(jobs::queue::retry_dead(&mut conn).await.unwrap(), 1);
     assert_eq!(scalar(&app, "SELECT count(*) FROM apalis.jobs WHERE status = 'Pending' AND idempotency_key = $1::text", ghost).await, 1);
 }
 
@@ -631,12 +631,19 @@ async fn a_worker_killed_inside_a_fast_lane_run_leaves_the_job_to_the_others() {
         ..test_worker_config()
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // Holding the pool row makes the lane's delivery (its counter update) wait on it,
-    // mid-transaction, with the job, the order and the key already locked. NO KEY: orders
-    // may still be placed (their foreign key only shares the row's key).
+    // An injected trigger makes the lane's delivery wait on a lock the test holds,
+    // mid-statement, with the job, the order and the key already locked.
+    sqlx::raw_sql(
+        "CREATE FUNCTION wait_for_the_test() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NEW; END $$;
+         CREATE TRIGGER wait_for_the_test BEFORE UPDATE ON orders FOR EACH ROW
+             WHEN (NEW.status = 'FULFILLED') EXECUTE FUNCTION wait_for_the_test();",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
     let mut blocker = app.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM key_pools WHERE id = $1 FOR NO KEY UPDATE")
-        .bind(shop.pool_id)
+    sqlx::query("SELECT pg_advisory_xact_lock(4242)")
         .execute(&mut *blocker)
         .await
         .unwrap();
@@ -646,7 +653,7 @@ async fn a_worker_killed_inside_a_fast_lane_run_leaves_the_job_to_the_others() {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
              WHERE datname = current_database() AND wait_event_type = 'Lock'
-               AND query LIKE 'WITH a AS%order_deliveries%'",
+               AND query LIKE 'WITH dk AS%order_deliveries%'",
         )
         .fetch_one(&app.pool)
         .await

@@ -60,7 +60,7 @@ pub async fn run(cli: Cli) -> i32 {
         match cli.command.unwrap_or(Command::Run) {
             Command::RetryDead => {
                 let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
-                let n = jobs::retry_dead(&mut conn)
+                let n = jobs::queue::retry_dead(&mut conn)
                     .await
                     .map_err(|e| e.to_string())?;
                 eprintln!("{n} dead jobs made runnable again");

@@ -95,12 +95,12 @@ async fn run_one(pool: &PgPool, config: &WorkerConfig, job_id: &str) {
         Err(e) => {
             // Rolled back; recorded as a failed attempt, then the queue's workers retry it.
             let retry_in = e
-                .is_transient()
+                .is_retryable()
                 .then(|| jobs::retry_delay(1, config.retry_base));
             tracing::warn!(job_id, error = %e, ?retry_in, "fast lane run failed");
             let recorded = async {
                 let mut conn = pool.acquire().await?;
-                jobs::record_failed_run(&mut conn, job_id, &e.to_string(), retry_in).await
+                jobs::queue::record_failed_run(&mut conn, job_id, &e.to_string(), retry_in).await
             };
             if let Err(e) = recorded.await {
                 tracing::warn!(job_id, error = %e, "could not record the failed run; the queue retries it after the grace");

@@ -1,15 +1,21 @@
-//! Serving backorders when keys arrive: a pool's waiting (PAID) orders are fulfilled
-//! oldest paid first, one transaction each, until the pool runs dry again.
+//! Serving backorders when keys arrive: a pool's waiting (backordered) orders are
+//! fulfilled oldest paid first, a batch per transaction, until the pool runs dry again.
 
 use std::time::Duration;
 
+use autokey_shared::{
+    db,
+    jobs::JobError,
+    transitions::delivery::{self, Outcome, Take},
+};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::fulfillment::{self, FulfillError, Outcome, fulfill_in};
-
 /// How many orders one run serves before handing over to a fresh job (keeps runs short).
 const MAX_ORDERS_PER_RUN: usize = 500;
+
+/// Orders per transaction.
+const BATCH: i64 = 64;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Replenished {
@@ -21,35 +27,30 @@ pub async fn replenish_pool(
     pool: &PgPool,
     pool_id: Uuid,
     lock_timeout: Duration,
-) -> Result<Replenished, FulfillError> {
+) -> Result<Replenished, JobError> {
     let mut done = Replenished::default();
     while done.fulfilled < MAX_ORDERS_PER_RUN {
-        let mut tx = fulfillment::begin(pool, lock_timeout).await?;
+        let mut tx = db::begin_with_lock_timeout(pool, lock_timeout).await?;
         // One replenisher per pool at a time, so backorders are served strictly in order.
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtextextended('autokey:replenish:' || $1::text, 0))",
+        delivery::lock_replenishment(&mut tx, pool_id).await?;
+        let waiting = delivery::lock(
+            &mut tx,
+            Take::Waiting {
+                pool_id,
+                limit: BATCH,
+            },
         )
-        .bind(pool_id)
-        .execute(&mut *tx)
         .await?;
-        let next: Option<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM orders WHERE pool_id = $1 AND status = 'PAID' ORDER BY paid_at, id LIMIT 1",
-        )
-        .bind(pool_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(order_id) = next else {
-            tx.commit().await?;
-            return Ok(done);
-        };
-        let outcome = fulfill_in(&mut tx, order_id).await?;
+        let outcomes = delivery::deliver(&mut tx, &waiting).await?;
         tx.commit().await?;
-        match outcome {
-            Outcome::Fulfilled { .. } => done.fulfilled += 1,
-            // The oldest waiting order cannot be completed: the pool is dry again.
-            Outcome::Backordered { .. } => return Ok(done),
-            // Changed state between the two reads (canceled or fulfilled): look again.
-            Outcome::NothingToDo => {}
+        let served = outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Fulfilled { .. }))
+            .count();
+        done.fulfilled += served;
+        // Nothing waits, or the oldest waiting order cannot be completed: the pool is dry.
+        if waiting.len() < BATCH as usize || served < waiting.len() {
+            return Ok(done);
         }
     }
     done.more_waiting = true;

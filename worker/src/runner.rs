@@ -5,14 +5,10 @@ use std::{sync::Arc, time::Duration};
 
 use apalis::prelude::*;
 use apalis_postgres::{Config as QueueConfig, PostgresStorage, Pubsub};
-use autokey_shared::jobs::{self, FulfillOrder, Job, ReplenishPool};
+use autokey_shared::jobs::{self, FulfillOrder, Job, JobError, ReplenishPool, queue};
 use sqlx::PgPool;
 
-use crate::{
-    batch, fast_lane,
-    fulfillment::{FulfillError, Outcome},
-    maintenance, replenish,
-};
+use crate::{batch, fast_lane, fulfillment::Outcome, maintenance, replenish};
 
 /// How a worker process behaves; `Default` is production's.
 #[derive(Debug, Clone)]
@@ -104,15 +100,15 @@ fn storage<J: Job>(
         .poll_with_strategy(strategy)
 }
 
-/// Marks a failed attempt: transient errors are retried after a durable delay (and die
-/// after `MAX_ATTEMPTS`), anything else is aborted at once.
+/// Marks a failed attempt: retryable errors are retried after a durable delay (and die
+/// after `MAX_ATTEMPTS`), fatal ones are aborted at once.
 async fn on_failure<J: Job>(
     ctx: &Ctx,
     task_id: &TaskId,
     attempt: usize,
-    err: FulfillError,
+    err: JobError,
 ) -> BoxDynError {
-    if !err.is_transient() {
+    if !err.is_retryable() {
         tracing::error!(queue = J::QUEUE, %task_id, error = %err, "job failed permanently; it is dead");
         return Box::new(AbortError::new(err));
     }
@@ -122,10 +118,10 @@ async fn on_failure<J: Job>(
     }
     let delay = jobs::retry_delay(attempt, ctx.config.retry_base);
     tracing::warn!(queue = J::QUEUE, %task_id, attempt, ?delay, error = %err, "transient failure; retry scheduled");
-    if let Ok(mut conn) = ctx.pool.acquire().await {
-        if let Err(e) = jobs::schedule_retry(&mut conn, &task_id.to_string(), delay).await {
-            tracing::warn!(error = %e, "could not schedule the retry; it will run at the next poll");
-        }
+    if let Ok(mut conn) = ctx.pool.acquire().await
+        && let Err(e) = queue::schedule_retry(&mut conn, &task_id.to_string(), delay).await
+    {
+        tracing::warn!(error = %e, "could not schedule the retry; it will run at the next poll");
     }
     Box::new(err)
 }
@@ -133,8 +129,8 @@ async fn on_failure<J: Job>(
 /// Runs a handler's work, turning a panic into an ordinary (retried) failure so that one
 /// bad job cannot take the worker down.
 pub(crate) async fn guarded<T>(
-    work: impl std::future::Future<Output = Result<T, FulfillError>>,
-) -> Result<T, FulfillError> {
+    work: impl std::future::Future<Output = Result<T, JobError>>,
+) -> Result<T, JobError> {
     use futures::FutureExt;
     match std::panic::AssertUnwindSafe(work).catch_unwind().await {
         Ok(result) => result,
@@ -144,7 +140,7 @@ pub(crate) async fn guarded<T>(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(FulfillError::Panicked(what))
+            Err(JobError::panicked(what))
         }
     }
 }
@@ -207,7 +203,7 @@ async fn handle_replenish(
             }
             if done.more_waiting {
                 let mut conn = ctx.pool.acquire().await?;
-                jobs::enqueue(&mut conn, &job).await?;
+                queue::enqueue(&mut conn, &job).await?;
             }
             Ok(())
         }

@@ -1,6 +1,7 @@
 //! `Idempotency-Key` for order creation, Stripe-style: the same key with the same
 //! request gives the same order; with another request, 409 `idempotency_mismatch`.
 
+use autokey_shared::store;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -45,38 +46,9 @@ pub async fn replay(
     key: &str,
     hash: &[u8],
 ) -> Result<Option<Uuid>, ApiError> {
-    let found: Option<(Vec<u8>, Uuid)> = sqlx::query_as(
-        "SELECT request_hash, order_id FROM idempotency_records WHERE scope = $1 AND key = $2",
-    )
-    .bind(scope)
-    .bind(key)
-    .fetch_optional(conn)
-    .await?;
-    match found {
+    match store::idempotency::find(conn, scope, key).await? {
         Some((stored, _)) if stored != hash => Err(ApiError::IdempotencyMismatch),
         Some((_, order_id)) => Ok(Some(order_id)),
         None => Ok(None),
     }
-}
-
-/// Records the key for a new order. False when a concurrent request with the same key
-/// committed first (the caller then rolls back and replays).
-pub async fn record(
-    conn: &mut PgConnection,
-    scope: &str,
-    key: &str,
-    hash: &[u8],
-    order_id: Uuid,
-) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query(
-        "INSERT INTO idempotency_records (scope, key, request_hash, order_id) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (scope, key) DO NOTHING",
-    )
-    .bind(scope)
-    .bind(key)
-    .bind(hash)
-    .bind(order_id)
-    .execute(conn)
-    .await?;
-    Ok(inserted.rows_affected() == 1)
 }

@@ -1,11 +1,10 @@
 //! The Order as API.md shows it.
 
+use autokey_shared::{model::OrderStatus, store::orders::OrderRow};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
-
-use super::OrderRow;
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -16,8 +15,7 @@ pub struct Order {
     pub quantity: i32,
     pub amount_cents: i64,
     pub currency: String,
-    /// PENDING | PAID | FULFILLED | CANCELED
-    pub status: String,
+    pub status: OrderStatus,
     pub created_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub paid_at: Option<DateTime<Utc>>,

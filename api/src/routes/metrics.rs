@@ -7,6 +7,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
+use autokey_shared::{jobs::queue, model::KeyStatus, store};
 use axum::{extract::State, http::header, response::IntoResponse};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -32,28 +33,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 ))]
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let mut conn = state.pool.acquire().await?;
-    let keys: (i64, i64, i64, i64) = sqlx::query_as(
-        "SELECT coalesce(sum(available_keys), 0)::bigint, coalesce(sum(reserved_keys), 0)::bigint,
-                coalesce(sum(delivered_keys), 0)::bigint, coalesce(sum(invalid_keys), 0)::bigint FROM key_pools",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    let waiting: (i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE backordered_at IS NOT NULL) FROM orders WHERE status = 'PAID'",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    let jobs: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT job_type, status, count(*) FROM apalis.jobs WHERE job_type LIKE 'autokey::%' GROUP BY 1, 2 ORDER BY 1, 2",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    let dead: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM apalis.jobs WHERE job_type LIKE 'autokey::%' AND {}",
-        autokey_shared::jobs::DEAD_JOBS_WHERE
-    )))
-    .fetch_one(&mut *conn)
-    .await?;
+    let keys = store::pools::key_totals(&mut conn).await?;
+    let waiting = store::orders::waiting_counts(&mut conn).await?;
+    let jobs = queue::counts(&mut conn).await?;
+    let dead = queue::dead_count(&mut conn).await?;
 
     let mut out = String::new();
     let _ = writeln!(
@@ -61,10 +44,10 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         "# HELP autokey_keys Keys in all pools by status.\n# TYPE autokey_keys gauge"
     );
     for (status, n) in [
-        ("AVAILABLE", keys.0),
-        ("RESERVED", keys.1),
-        ("DELIVERED", keys.2),
-        ("INVALID", keys.3),
+        (KeyStatus::Available, keys.0),
+        (KeyStatus::Reserved, keys.1),
+        (KeyStatus::Delivered, keys.2),
+        (KeyStatus::Invalid, keys.3),
     ] {
         let _ = writeln!(out, "autokey_keys{{status=\"{status}\"}} {n}");
     }

@@ -1,7 +1,13 @@
 //! Offers: what a seller sells, at what price, delivered from which key pool, with live
 //! availability computed from the pool's counters.
 
-use autokey_shared::{availability, tokens::Role};
+use autokey_shared::{
+    model::{DeliveryType, OfferStatus, Role},
+    store::{
+        self,
+        offers::{DraftFields, OfferRow},
+    },
+};
 use axum::{extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -24,40 +30,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(set_status))
         .routes(routes!(seller_offers))
         .routes(routes!(get_offer))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum DeliveryType {
-    AutoKey,
-    Manual,
-}
-
-impl DeliveryType {
-    fn as_str(self) -> &'static str {
-        match self {
-            DeliveryType::AutoKey => "AUTO_KEY",
-            DeliveryType::Manual => "MANUAL",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum OfferStatus {
-    Draft,
-    Active,
-    Inactive,
-}
-
-impl OfferStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            OfferStatus::Draft => "draft",
-            OfferStatus::Active => "active",
-            OfferStatus::Inactive => "inactive",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -89,82 +61,42 @@ pub struct Offer {
     updated_at: DateTime<Utc>,
 }
 
-#[derive(sqlx::FromRow)]
-struct OfferRow {
-    id: Uuid,
-    seller_id: Uuid,
-    title: String,
-    price_cents: i64,
-    currency: String,
-    delivery_type: String,
-    key_pool_id: Option<Uuid>,
-    stock_count: Option<i32>,
-    status: String,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
-macro_rules! offer_columns {
-    () => {
-        "id, seller_id, title, price_cents, currency, delivery_type, key_pool_id, stock_count, \
-         status, created_at, updated_at"
+/// The offer as shown, given its pool's sellable count (AUTO_KEY offers).
+fn view(row: OfferRow, pool_sellable: Option<i64>) -> Offer {
+    let count = match row.delivery_type {
+        DeliveryType::AutoKey => pool_sellable.unwrap_or(0),
+        DeliveryType::Manual => i64::from(row.stock_count.unwrap_or(0)),
     };
-}
-
-impl OfferRow {
-    fn delivery_type(&self) -> DeliveryType {
-        if self.delivery_type == "AUTO_KEY" {
-            DeliveryType::AutoKey
+    Offer {
+        id: row.id,
+        seller_id: row.seller_id,
+        delivery_type: row.delivery_type,
+        status: row.status,
+        availability: if count > 0 {
+            Availability::InStock
         } else {
-            DeliveryType::Manual
-        }
-    }
-
-    fn status(&self) -> OfferStatus {
-        match self.status.as_str() {
-            "active" => OfferStatus::Active,
-            "inactive" => OfferStatus::Inactive,
-            _ => OfferStatus::Draft,
-        }
-    }
-
-    /// The offer as shown, given its pool's sellable count (AUTO_KEY offers).
-    fn into_offer(self, pool_sellable: Option<i64>) -> Offer {
-        let count = match self.delivery_type() {
-            DeliveryType::AutoKey => pool_sellable.unwrap_or(0),
-            DeliveryType::Manual => i64::from(self.stock_count.unwrap_or(0)),
-        };
-        Offer {
-            id: self.id,
-            seller_id: self.seller_id,
-            delivery_type: self.delivery_type(),
-            status: self.status(),
-            availability: if count > 0 {
-                Availability::InStock
-            } else {
-                Availability::OutOfStock
-            },
-            auto_key_available_count: count,
-            title: self.title,
-            price_cents: self.price_cents,
-            currency: self.currency,
-            key_pool_id: self.key_pool_id,
-            stock_count: self.stock_count,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        }
+            Availability::OutOfStock
+        },
+        auto_key_available_count: count,
+        title: row.title,
+        price_cents: row.price_cents,
+        currency: row.currency,
+        key_pool_id: row.key_pool_id,
+        stock_count: row.stock_count,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
     }
 }
 
 /// Adds live availability to one offer row.
 async fn present(conn: &mut PgConnection, row: OfferRow) -> Result<Offer, ApiError> {
-    let sellable = match (row.delivery_type(), row.key_pool_id) {
+    let sellable = match (row.delivery_type, row.key_pool_id) {
         (DeliveryType::AutoKey, Some(pool_id)) => {
-            Some(availability::auto_key_available(conn, pool_id).await?)
+            Some(store::pools::sellable(conn, pool_id).await?)
         }
         _ => None,
     };
-    Ok(row.into_offer(sellable))
+    Ok(view(row, sellable))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -225,19 +157,12 @@ async fn validate_draft(
     if draft.stock_count.is_some_and(|n| n < 0) {
         return Err(ApiError::validation("stockCount must be 0 or more"));
     }
-    if let Some(pool_id) = draft.key_pool_id {
-        let own: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM key_pools WHERE id = $1 AND seller_id = $2)",
-        )
-        .bind(pool_id)
-        .bind(seller_id)
-        .fetch_one(&mut *conn)
-        .await?;
-        if !own {
-            return Err(ApiError::validation(
-                "keyPoolId must be one of your key pools",
-            ));
-        }
+    if let Some(pool_id) = draft.key_pool_id
+        && !store::pools::owned_by(conn, seller_id, pool_id).await?
+    {
+        return Err(ApiError::validation(
+            "keyPoolId must be one of your key pools",
+        ));
     }
     Ok(title.to_owned())
 }
@@ -248,83 +173,27 @@ async fn lock_own(
     seller_id: Uuid,
     id: Uuid,
 ) -> Result<OfferRow, ApiError> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        offer_columns!(),
-        " FROM offers WHERE id = $1 AND seller_id = $2 FOR UPDATE"
-    ))
-    .bind(id)
-    .bind(seller_id)
-    .fetch_optional(conn)
-    .await?
-    .ok_or_else(ApiError::not_found)
+    store::offers::lock_own(conn, seller_id, id)
+        .await?
+        .ok_or_else(ApiError::not_found)
 }
 
-async fn insert_draft(
-    conn: &mut PgConnection,
-    seller_id: Uuid,
-    title: &str,
-    d: &Draft,
-) -> Result<OfferRow, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "INSERT INTO offers (id, seller_id, title, price_cents, currency, delivery_type,
-                             key_pool_id, stock_count)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
-        offer_columns!()
-    ))
-    .bind(Uuid::now_v7())
-    .bind(seller_id)
-    .bind(title)
-    .bind(d.price_cents)
-    .bind(&d.currency)
-    .bind(d.delivery_type.as_str())
-    .bind(d.key_pool_id)
-    .bind(d.stock_count)
-    .fetch_one(conn)
-    .await
-}
-
-async fn update_draft(
-    conn: &mut PgConnection,
-    id: Uuid,
-    title: &str,
-    d: &Draft,
-) -> Result<OfferRow, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "UPDATE offers SET title = $2, price_cents = $3, currency = $4, delivery_type = $5,
-                key_pool_id = $6, stock_count = $7, updated_at = now()
-         WHERE id = $1 RETURNING ",
-        offer_columns!()
-    ))
-    .bind(id)
-    .bind(title)
-    .bind(d.price_cents)
-    .bind(&d.currency)
-    .bind(d.delivery_type.as_str())
-    .bind(d.key_pool_id)
-    .bind(d.stock_count)
-    .fetch_one(conn)
-    .await
-}
-
-async fn set_status_row(
-    conn: &mut PgConnection,
-    id: Uuid,
-    status: OfferStatus,
-) -> Result<OfferRow, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "UPDATE offers SET status = $2, updated_at = now() WHERE id = $1 RETURNING ",
-        offer_columns!()
-    ))
-    .bind(id)
-    .bind(status.as_str())
-    .fetch_one(conn)
-    .await
+impl Draft {
+    fn fields<'a>(&'a self, title: &'a str) -> DraftFields<'a> {
+        DraftFields {
+            title,
+            price_cents: self.price_cents,
+            currency: &self.currency,
+            delivery_type: self.delivery_type,
+            key_pool_id: self.key_pool_id,
+            stock_count: self.stock_count,
+        }
+    }
 }
 
 /// An offer can go live only when it can deliver: AUTO_KEY needs a pool.
 fn check_publishable(row: &OfferRow) -> Result<(), ApiError> {
-    if row.delivery_type() == DeliveryType::AutoKey && row.key_pool_id.is_none() {
+    if row.delivery_type == DeliveryType::AutoKey && row.key_pool_id.is_none() {
         return Err(ApiError::validation(
             "an AUTO_KEY offer needs a keyPoolId before it is published",
         ));
@@ -355,12 +224,13 @@ async fn save_draft(
     let (status, row) = match draft.id {
         None => {
             let title = validate_draft(&mut tx, seller_id, &draft).await?;
-            let row = insert_draft(&mut tx, seller_id, &title, &draft).await?;
+            let row =
+                store::offers::insert_draft(&mut tx, seller_id, &draft.fields(&title)).await?;
             (StatusCode::CREATED, row)
         }
         Some(id) => {
             let current = lock_own(&mut tx, seller_id, id).await?;
-            if current.status() != OfferStatus::Draft {
+            if current.status != OfferStatus::Draft {
                 return Err(ApiError::Conflict(
                     "only a draft can be edited; set the offer's status to draft first".into(),
                 ));
@@ -368,7 +238,7 @@ async fn save_draft(
             let title = validate_draft(&mut tx, seller_id, &draft).await?;
             (
                 StatusCode::OK,
-                update_draft(&mut tx, id, &title, &draft).await?,
+                store::offers::update_draft(&mut tx, id, &draft.fields(&title)).await?,
             )
         }
     };
@@ -428,10 +298,10 @@ async fn change_status(
     if status == OfferStatus::Active {
         check_publishable(&row)?;
     }
-    let row = if row.status() == status {
+    let row = if row.status == status {
         row
     } else {
-        set_status_row(&mut tx, id, status).await?
+        store::offers::set_status(&mut tx, id, status).await?
     };
     let offer = present(&mut tx, row).await?;
     tx.commit().await?;
@@ -451,25 +321,18 @@ async fn seller_offers(
 ) -> Result<Json<OfferList>, ApiError> {
     let seller_id = auth.seller()?;
     let mut conn = state.pool.acquire().await?;
-    let rows: Vec<OfferRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        offer_columns!(),
-        " FROM offers WHERE seller_id = $1 ORDER BY created_at, id"
-    ))
-    .bind(seller_id)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = store::offers::list_for_seller(&mut conn, seller_id).await?;
     let pools: Vec<Uuid> = rows
         .iter()
-        .filter(|r| r.delivery_type() == DeliveryType::AutoKey)
+        .filter(|r| r.delivery_type == DeliveryType::AutoKey)
         .filter_map(|r| r.key_pool_id)
         .collect();
-    let sellable = availability::auto_key_available_many(&mut conn, &pools).await?;
+    let sellable = store::pools::sellable_many(&mut conn, &pools).await?;
     let items = rows
         .into_iter()
         .map(|r| {
             let count = r.key_pool_id.and_then(|p| sellable.get(&p).copied());
-            r.into_offer(count)
+            view(r, count)
         })
         .collect();
     Ok(Json(OfferList { items }))
@@ -490,17 +353,11 @@ async fn get_offer(
     Path(id): Path<Uuid>,
 ) -> Result<Json<Offer>, ApiError> {
     let mut conn = state.pool.acquire().await?;
-    let row: OfferRow = sqlx::query_as(concat!(
-        "SELECT ",
-        offer_columns!(),
-        " FROM offers WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(ApiError::not_found)?;
+    let row = store::offers::find(&mut conn, id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     let owner = auth.role() == Role::Seller && auth.subject() == Some(row.seller_id);
-    if row.status() != OfferStatus::Active && !owner {
+    if row.status != OfferStatus::Active && !owner {
         return Err(ApiError::not_found());
     }
     Ok(Json(present(&mut conn, row).await?))

@@ -1,7 +1,15 @@
 //! Orders API: create (idempotent), read (keys for the buyer, audit-logged), list, cancel,
 //! and fulfill (long-poll for the worker).
 
-use autokey_shared::jobs::{self, FulfillOrder, ReplenishPool};
+use autokey_shared::{
+    jobs::{FulfillOrder, queue},
+    model::{OfferStatus, OrderStatus},
+    store::{
+        self,
+        orders::{NewOrder, OrderRow},
+    },
+    transitions,
+};
 use axum::{
     extract::State,
     http::{HeaderMap, StatusCode},
@@ -16,9 +24,10 @@ use crate::{
     error::{ApiError, ApiResult, ErrorBody},
     extract::{Json, Path, Query},
     orders::{
-        self, OrderRow, cursor, delivered_keys, idempotency,
+        idempotency, open_keys,
         view::{Order, OrderPage},
     },
+    pagination,
     state::AppState,
 };
 
@@ -78,7 +87,7 @@ async fn create_order(
         return replayed(&mut tx, existing).await;
     }
     let order = place(&mut tx, buyer_id, body.offer_id, quantity).await?;
-    if !idempotency::record(&mut tx, &scope, &key, &hash, order.id).await? {
+    if !store::idempotency::record(&mut tx, &scope, &key, &hash, order.id).await? {
         // A concurrent request with this key won; answer with its order.
         tx.rollback().await?;
         let mut conn = state.pool.acquire().await?;
@@ -98,65 +107,56 @@ async fn place(
     offer_id: Uuid,
     quantity: i32,
 ) -> ApiResult<OrderRow> {
-    let offer = orders::offer_for_order(conn, offer_id)
+    let offer = store::offers::for_order(conn, offer_id)
         .await?
-        .filter(|o| o.status == "active")
+        .filter(|o| o.status == OfferStatus::Active)
         .ok_or(ApiError::OfferUnavailable)?;
     if offer.sellable < i64::from(quantity) {
         return Err(ApiError::OutOfStock);
     }
-    Ok(orders::insert(
-        conn,
-        &orders::NewOrder {
-            buyer_id,
-            offer,
-            quantity,
-        },
-    )
-    .await?)
+    let amount_cents = offer
+        .price_cents
+        .checked_mul(i64::from(quantity))
+        .ok_or_else(|| ApiError::validation("the order's amount is too large"))?;
+    let new = NewOrder {
+        buyer_id,
+        offer_id: offer.id,
+        pool_id: offer.key_pool_id,
+        quantity,
+        amount_cents,
+        currency: offer.currency,
+    };
+    Ok(store::orders::insert(conn, &new).await?)
 }
 
 async fn replayed(
     conn: &mut sqlx::PgConnection,
     order_id: Uuid,
 ) -> ApiResult<(StatusCode, Json<Order>)> {
-    let order = orders::find(conn, order_id)
+    let order = store::orders::find(conn, order_id)
         .await?
         .ok_or_else(ApiError::not_found)?;
     Ok((StatusCode::CREATED, Json(Order::from_row(order, None))))
 }
 
-/// The order as the caller may see it: with plaintext keys when FULFILLED (audit-logged).
-pub async fn present(
-    state: &AppState,
-    auth: &Auth,
-    order: OrderRow,
-    route: &str,
-) -> ApiResult<Order> {
-    if order.status != "FULFILLED" {
-        return Ok(Order::from_row(order, None));
-    }
-    let mut tx = state.pool.begin().await?;
-    let keys = delivered_keys::load(&mut tx, &state.vault, order.id).await?;
-    let ids: Vec<Uuid> = keys.iter().map(|k| k.id).collect();
-    orders::audit(
-        &mut tx,
-        auth,
-        "order.keys_read",
-        Some(order.id),
-        serde_json::json!({ "route": route, "keyIds": ids }),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Order::from_row(order, Some(keys)))
+fn order_not_found() -> ApiError {
+    ApiError::NotFound("order not found".into())
 }
 
-async fn visible_order(state: &AppState, auth: &Auth, id: Uuid) -> ApiResult<OrderRow> {
-    let side = auth.buyer_side()?;
+/// The order as the caller reads it: with plaintext keys when FULFILLED, the read
+/// recorded in the audit log by the same statement. 404 when the caller may not see it.
+pub async fn read(state: &AppState, auth: &Auth, id: Uuid, route: &str) -> ApiResult<Order> {
+    let viewer = auth.buyer_side()?.viewer();
     let mut conn = state.pool.acquire().await?;
-    orders::visible_or_404(orders::find(&mut conn, id).await?, |o| {
-        side.may_see(o.buyer_id)
-    })
+    let (order, sealed) = store::orders::read(&mut conn, id, viewer, &auth.actor(), route)
+        .await?
+        .ok_or_else(order_not_found)?;
+    let keys = if order.status == OrderStatus::Fulfilled {
+        Some(open_keys(&state.vault, sealed)?)
+    } else {
+        None
+    };
+    Ok(Order::from_row(order, keys))
 }
 
 /// Read an order; keys are included when FULFILLED.
@@ -169,18 +169,14 @@ async fn get_order(
     auth: Auth,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Order>> {
-    let order = visible_order(&state, &auth, id).await?;
-    Ok(Json(
-        present(&state, &auth, order, "GET /orders/:id").await?,
-    ))
+    Ok(Json(read(&state, &auth, id, "GET /orders/:id").await?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct ListOrders {
-    /// PENDING | PAID | FULFILLED | CANCELED
-    status: Option<String>,
+    status: Option<OrderStatus>,
     /// 1..200, default 50.
     limit: Option<i64>,
     cursor: Option<String>,
@@ -198,38 +194,15 @@ async fn list_orders(
     Query(q): Query<ListOrders>,
 ) -> ApiResult<Json<OrderPage>> {
     let buyer_id = auth.buyer_side()?.buyer_id(q.buyer_id)?;
-    if let Some(s) = &q.status {
-        if !autokey_shared::model::order_status::ALL.contains(&s.as_str()) {
-            return Err(ApiError::validation(
-                "status must be PENDING, PAID, FULFILLED or CANCELED",
-            ));
-        }
-    }
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::validation("limit must be between 1 and 200"));
-    }
-    let after = q.cursor.as_deref().map(cursor::decode).transpose()?;
+    let limit = pagination::limit(q.limit, 50, 200)?;
+    let after = pagination::decode(q.cursor.as_deref())?;
     let mut conn = state.pool.acquire().await?;
-    let mut rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {} FROM orders WHERE buyer_id = $1 AND ($2::text IS NULL OR status = $2)
-           AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
-         ORDER BY created_at DESC, id DESC LIMIT $5",
-        orders::ORDER_COLUMNS
-    )))
-    .bind(buyer_id)
-    .bind(&q.status)
-    .bind(after.map(|a| a.0))
-    .bind(after.map(|a| a.1))
-    .bind(limit + 1)
-    .fetch_all(&mut *conn)
-    .await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| cursor::encode(r.created_at, r.id))
-    } else {
-        None
-    };
+    let mut rows =
+        store::orders::page_for_buyer(&mut conn, buyer_id, q.status, after, limit + 1).await?;
+    let next_cursor = pagination::cut(&mut rows, limit, |r| store::After {
+        created_at: r.created_at,
+        id: r.id,
+    });
     Ok(Json(OrderPage {
         items: rows.into_iter().map(|r| Order::from_row(r, None)).collect(),
         next_cursor,
@@ -246,38 +219,29 @@ async fn cancel_order(
     auth: Auth,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Order>> {
-    let side = auth.buyer_side()?;
+    let viewer = auth.buyer_side()?.viewer();
     let mut tx = state.pool.begin().await?;
-    let order = orders::visible_or_404(orders::lock(&mut tx, id).await?, |o| {
-        side.may_see(o.buyer_id)
-    })?;
-    match order.status.as_str() {
-        "FULFILLED" => {
+    let order = store::orders::lock_visible(&mut tx, id, viewer)
+        .await?
+        .ok_or_else(order_not_found)?;
+    match order.status {
+        OrderStatus::Fulfilled => {
             return Err(ApiError::Conflict(
                 "a fulfilled order cannot be canceled".into(),
             ));
         }
-        "CANCELED" => return Ok(Json(Order::from_row(order, None))),
-        _ => {}
+        OrderStatus::Canceled => return Ok(Json(Order::from_row(order, None))),
+        OrderStatus::Pending | OrderStatus::Paid => {}
     }
-    let released = orders::cancel(&mut tx, &order).await?;
-    if released > 0 {
-        if let Some(pool_id) = order.pool_id {
-            // The freed keys may complete other waiting orders.
-            jobs::enqueue(&mut tx, &ReplenishPool { pool_id }).await?;
-        }
-    }
-    orders::audit(
+    let (order, released) = transitions::cancel(&mut tx, &order).await?;
+    store::audit::append(
         &mut tx,
-        &auth,
+        &auth.actor(),
         "order.canceled",
         Some(id),
         serde_json::json!({ "releasedKeys": released }),
     )
     .await?;
-    let order = orders::find(&mut tx, id)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
     tx.commit().await?;
     Ok(Json(Order::from_row(order, None)))
 }
@@ -310,23 +274,20 @@ async fn fulfill_order(
             "wait must be between 0 and 30 seconds",
         ));
     }
+    let viewer = auth.buyer_side()?.viewer();
+    const ROUTE: &str = "POST /orders/:id/fulfill";
     // Subscribe before reading, so a fulfillment between the read and the wait is seen.
     let rx = state.waiter.subscribe();
-    let order = visible_order(&state, &auth, id).await?;
-    match order.status.as_str() {
-        "PENDING" => return Err(ApiError::NotPaid),
-        "CANCELED" => return Err(ApiError::Conflict("the order is canceled".into())),
-        "FULFILLED" => {
-            return Ok((
-                StatusCode::OK,
-                Json(present(&state, &auth, order, "POST /orders/:id/fulfill").await?),
-            ));
-        }
-        _ => {}
+    let order = read(&state, &auth, id, ROUTE).await?;
+    match order.status {
+        OrderStatus::Pending => return Err(ApiError::NotPaid),
+        OrderStatus::Canceled => return Err(ApiError::Conflict("the order is canceled".into())),
+        OrderStatus::Fulfilled => return Ok((StatusCode::OK, Json(order))),
+        OrderStatus::Paid => {}
     }
     {
         let mut conn = state.pool.acquire().await?;
-        jobs::enqueue(&mut conn, &FulfillOrder { order_id: id }).await?;
+        queue::enqueue(&mut conn, &FulfillOrder { order_id: id }).await?;
     }
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
     let pool = state.pool.clone();
@@ -334,27 +295,20 @@ async fn fulfill_order(
         let pool = pool.clone();
         async move {
             let mut conn = pool.acquire().await?;
-            Ok(orders::find(&mut conn, id)
+            Ok(store::orders::find_visible(&mut conn, id, viewer)
                 .await?
-                .filter(|o| o.status != "PAID"))
+                .filter(|o| o.status != OrderStatus::Paid))
         }
     })
     .await?;
-    match done {
-        Some(order) if order.status == "FULFILLED" => Ok((
-            StatusCode::OK,
-            Json(present(&state, &auth, order, "POST /orders/:id/fulfill").await?),
-        )),
-        Some(order) => Err(ApiError::Conflict(format!(
-            "the order is {}",
-            order.status.to_lowercase()
-        ))),
-        None => {
-            let mut conn = state.pool.acquire().await?;
-            let order = orders::find(&mut conn, id)
-                .await?
-                .ok_or_else(ApiError::not_found)?;
-            Ok((StatusCode::ACCEPTED, Json(Order::from_row(order, None))))
+    match done.map(|o| o.status) {
+        Some(OrderStatus::Fulfilled) => {
+            Ok((StatusCode::OK, Json(read(&state, &auth, id, ROUTE).await?)))
         }
+        Some(status) => Err(ApiError::Conflict(format!(
+            "the order is {}",
+            status.as_str().to_lowercase()
+        ))),
+        None => Ok((StatusCode::ACCEPTED, Json(order))),
     }
 }

@@ -1,6 +1,11 @@
 //! Payments: the simulated `pay` for development and the provider's signed webhook.
-//! Both end in `orders::payment::mark_paid`: PAID and its fulfillment job commit together.
+//! Both end in `transitions::pay`: PAID and its fulfillment job commit together.
 
+use autokey_shared::{
+    model::OrderStatus,
+    store::{self, payments::PaymentEvent as Received},
+    transitions,
+};
 use axum::{body::Bytes, extract::State, http::HeaderMap};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
@@ -12,7 +17,7 @@ use crate::{
     auth::Auth,
     error::{ApiError, ApiResult, ErrorBody},
     extract::{Json, Path},
-    orders::{self, payment, view::Order},
+    orders::view::Order,
     state::AppState,
     webhook_signature,
 };
@@ -40,30 +45,30 @@ async fn pay_order(
             "simulated payments are turned off".into(),
         ));
     }
-    let side = auth.buyer_side()?;
+    let viewer = auth.buyer_side()?.viewer();
     let mut tx = state.pool.begin().await?;
-    let mut order = orders::visible_or_404(orders::lock(&mut tx, id).await?, |o| {
-        side.may_see(o.buyer_id)
-    })?;
-    match order.status.as_str() {
-        "CANCELED" => return Err(ApiError::Conflict("the order is canceled".into())),
-        "PENDING" => {
+    let mut order = store::orders::lock_visible(&mut tx, id, viewer)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("order not found".into()))?;
+    match order.status {
+        OrderStatus::Canceled => return Err(ApiError::Conflict("the order is canceled".into())),
+        OrderStatus::Pending => {
             // Locked above, so PENDING until this commits.
-            let paid_at = payment::mark_paid(&mut tx, id, None)
+            let paid_at = transitions::pay(&mut tx, id, None)
                 .await?
                 .ok_or_else(|| ApiError::Internal("a locked PENDING order did not move".into()))?;
-            orders::audit(
+            store::audit::append(
                 &mut tx,
-                &auth,
+                &auth.actor(),
                 "order.paid_simulated",
                 Some(id),
                 serde_json::json!({}),
             )
             .await?;
-            order.status = "PAID".into();
+            order.status = OrderStatus::Paid;
             order.paid_at = Some(paid_at);
         }
-        _ => {}
+        OrderStatus::Paid | OrderStatus::Fulfilled => {}
     }
     tx.commit().await?;
     Ok(Json(Order::from_row(order, None)))
@@ -134,33 +139,22 @@ async fn payment_webhook(
         .map_err(|e| ApiError::validation(format!("body is not a payment event: {e}")))?;
 
     let mut tx = state.pool.begin().await?;
-    // The event id is the primary key: of concurrent deliveries of one event, one inserts
-    // and the others wait for it, then find it taken.
-    let fresh = sqlx::query(
-        "INSERT INTO payment_events (event_id, order_id, payment_id, amount_cents, currency, outcome, body)
-         VALUES ($1, $2, $3, $4, $5, 'received', $6) ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(&event_id)
-    .bind(event.data.order_id)
-    .bind(&event.data.payment_id)
-    .bind(event.data.amount_cents)
-    .bind(&event.data.currency)
-    .bind(&raw)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
+    let received = Received {
+        event_id: &event_id,
+        order_id: event.data.order_id,
+        payment_id: &event.data.payment_id,
+        amount_cents: event.data.amount_cents,
+        currency: &event.data.currency,
+        body: &raw,
+    };
+    let fresh = store::payments::record(&mut tx, &received).await?;
     if !fresh {
         return Ok(Json(WebhookAck {
             outcome: "duplicate",
         }));
     }
     let outcome = apply_payment(&mut tx, &event).await?;
-    sqlx::query("UPDATE payment_events SET outcome = $2 WHERE event_id = $1")
-        .bind(&event_id)
-        .bind(outcome)
-        .execute(&mut *tx)
-        .await?;
+    store::payments::set_outcome(&mut tx, &event_id, outcome).await?;
     tx.commit().await?;
     if outcome != "applied" {
         tracing::warn!(%event_id, order_id = %event.data.order_id, outcome, "payment event not applied");
@@ -175,7 +169,7 @@ async fn apply_payment(
     if event.kind != "payment.succeeded" {
         return Ok("ignored");
     }
-    let Some(order) = orders::lock(tx, event.data.order_id).await? else {
+    let Some(order) = store::orders::lock(tx, event.data.order_id).await? else {
         return Ok("unknown_order");
     };
     if order.amount_cents != event.data.amount_cents
@@ -183,12 +177,12 @@ async fn apply_payment(
     {
         return Ok("amount_mismatch");
     }
-    Ok(match order.status.as_str() {
-        "PENDING" => {
-            payment::mark_paid(tx, order.id, Some(&event.data.payment_id)).await?;
+    Ok(match order.status {
+        OrderStatus::Pending => {
+            transitions::pay(tx, order.id, Some(&event.data.payment_id)).await?;
             "applied"
         }
-        "CANCELED" => "order_canceled",
-        _ => "already_paid",
+        OrderStatus::Canceled => "order_canceled",
+        OrderStatus::Paid | OrderStatus::Fulfilled => "already_paid",
     })
 }

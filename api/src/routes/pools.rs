@@ -1,7 +1,9 @@
 //! Key pools: a seller's containers of license keys, with their counts.
 
+pub use autokey_shared::store::pools::Pool;
+
+use autokey_shared::store;
 use axum::{extract::State, http::StatusCode};
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use utoipa::ToSchema;
@@ -19,30 +21,6 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_pool, list_pools))
         .routes(routes!(get_pool))
-}
-
-/// A key pool. The counts come from counters kept transactionally by the database, so
-/// `totalKeys` = `availableKeys` + `reservedKeys` + `deliveredKeys` + `invalidKeys`, always.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
-#[serde(rename_all = "camelCase")]
-pub struct Pool {
-    pub id: Uuid,
-    pub seller_id: Uuid,
-    pub name: String,
-    pub low_stock_threshold: i32,
-    pub total_keys: i64,
-    pub available_keys: i64,
-    pub reserved_keys: i64,
-    pub delivered_keys: i64,
-    pub invalid_keys: i64,
-    pub created_at: DateTime<Utc>,
-}
-
-macro_rules! pool_columns {
-    () => {
-        "id, seller_id, name, low_stock_threshold, total_keys, available_keys, reserved_keys, \
-         delivered_keys, invalid_keys, created_at"
-    };
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -65,16 +43,9 @@ pub async fn find_pool(
     seller_id: Uuid,
     pool_id: Uuid,
 ) -> Result<Pool, ApiError> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        pool_columns!(),
-        " FROM key_pools WHERE id = $1 AND seller_id = $2"
-    ))
-    .bind(pool_id)
-    .bind(seller_id)
-    .fetch_optional(conn)
-    .await?
-    .ok_or_else(ApiError::not_found)
+    store::pools::find_for_seller(conn, seller_id, pool_id)
+        .await?
+        .ok_or_else(ApiError::not_found)
 }
 
 /// Creates a key pool.
@@ -96,17 +67,9 @@ async fn create_pool(
     if name.chars().count() > 200 {
         return Err(ApiError::validation("name must be at most 200 characters"));
     }
-    let pool: Pool = sqlx::query_as(concat!(
-        "INSERT INTO key_pools (id, seller_id, name, low_stock_threshold)
-         VALUES ($1, $2, $3, $4) RETURNING ",
-        pool_columns!()
-    ))
-    .bind(Uuid::now_v7())
-    .bind(seller_id)
-    .bind(name)
-    .bind(body.low_stock_threshold.unwrap_or(0))
-    .fetch_one(&state.pool)
-    .await?;
+    let mut conn = state.pool.acquire().await?;
+    let threshold = body.low_stock_threshold.unwrap_or(0);
+    let pool = store::pools::create(&mut conn, seller_id, &name, threshold).await?;
     Ok((StatusCode::CREATED, Json(pool)))
 }
 
@@ -119,14 +82,8 @@ async fn create_pool(
     ))]
 async fn list_pools(auth: Auth, State(state): State<AppState>) -> Result<Json<PoolList>, ApiError> {
     let seller_id = auth.seller()?;
-    let items = sqlx::query_as(concat!(
-        "SELECT ",
-        pool_columns!(),
-        " FROM key_pools WHERE seller_id = $1 ORDER BY created_at, id"
-    ))
-    .bind(seller_id)
-    .fetch_all(&state.pool)
-    .await?;
+    let mut conn = state.pool.acquire().await?;
+    let items = store::pools::list_for_seller(&mut conn, seller_id).await?;
     Ok(Json(PoolList { items }))
 }
 

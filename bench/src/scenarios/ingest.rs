@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use autokey_shared::tokens::{self, Role};
+use autokey_shared::{model::Role, store::tokens};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, BufWriter},
     net::TcpStream,

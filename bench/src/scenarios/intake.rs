@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use autokey_shared::tokens::{self, Role};
+use autokey_shared::{model::Role, store::tokens};
 use uuid::Uuid;
 
 use crate::common::*;

@@ -80,10 +80,10 @@ async fn body(env: &Env, db: &BenchDb, rates: &[u64], phase: Duration) -> Res<se
             tasks.push(tokio::spawn(async move {
                 let _permit = permit;
                 let mut tx = pool.begin().await?;
-                let paid =
-                    autokey_api::orders::payment::mark_paid(&mut tx, order_id, Some("bench"))
-                        .await?
-                        .is_some();
+                let paid = autokey_shared::transitions::pay(&mut tx, order_id, Some("bench"))
+                    .await
+                    .map_err(|e| sqlx::Error::Protocol(e.to_string()))?
+                    .is_some();
                 tx.commit().await?;
                 let at = Instant::now();
                 if paid {

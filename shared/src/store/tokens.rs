@@ -1,60 +1,16 @@
 //! API tokens: `ak_` + 32 random bytes (base64url), stored only as SHA-256 hashes.
-
-use std::{fmt, str::FromStr};
+//! Revoking one announces it on [`REVOKED_CHANNEL`], so processes that cache
+//! authentications forget it at once.
 
 use base64::Engine;
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+pub use crate::model::Role;
+
 pub const TOKEN_PREFIX: &str = "ak_";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Seller,
-    Buyer,
-    Storefront,
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Seller => "seller",
-            Role::Buyer => "buyer",
-            Role::Storefront => "storefront",
-            Role::Admin => "admin",
-        }
-    }
-    /// Sellers and buyers act as one subject; storefront and admin tokens do not.
-    pub fn has_subject(self) -> bool {
-        matches!(self, Role::Seller | Role::Buyer)
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "seller" => Ok(Role::Seller),
-            "buyer" => Ok(Role::Buyer),
-            "storefront" => Ok(Role::Storefront),
-            "admin" => Ok(Role::Admin),
-            other => Err(format!(
-                "unknown role {other:?} (expected seller, buyer, storefront or admin)"
-            )),
-        }
-    }
-}
 
 /// Who a request acts as, resolved from its bearer token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +74,7 @@ pub async fn create_token(
     )
     .bind(id)
     .bind(&hash_token(&token)[..])
-    .bind(role.as_str())
+    .bind(role)
     .bind(subject)
     .execute(&mut *conn)
     .await?;
@@ -130,15 +86,21 @@ pub async fn create_token(
     })
 }
 
+/// Revoked token ids are announced here at commit (payload: the token id).
+pub const REVOKED_CHANNEL: &str = "autokey_token_revoked";
+
 /// Revokes a token by id; false when no live token has that id.
 pub async fn revoke_token(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+    let revoked: i64 = sqlx::query_scalar(
+        "WITH r AS (UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL
+                    RETURNING id)
+         SELECT count(*) FROM (SELECT pg_notify($2, id::text) FROM r) n",
     )
     .bind(id)
-    .execute(conn)
+    .bind(REVOKED_CHANNEL)
+    .fetch_one(conn)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(revoked == 1)
 }
 
 /// Looks a presented token up by its hash; None when unknown or revoked.
@@ -149,18 +111,16 @@ pub async fn authenticate(
     if !token.starts_with(TOKEN_PREFIX) || token.len() > 128 {
         return Ok(None);
     }
-    let row: Option<(Uuid, String, Option<Uuid>)> = sqlx::query_as(
+    let row: Option<(Uuid, Role, Option<Uuid>)> = sqlx::query_as(
         "SELECT id, role, subject_id FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
     )
     .bind(&hash_token(token)[..])
     .fetch_optional(conn)
     .await?;
-    Ok(row.and_then(|(token_id, role, subject)| {
-        Some(Principal {
-            token_id,
-            role: role.parse().ok()?,
-            subject,
-        })
+    Ok(row.map(|(token_id, role, subject)| Principal {
+        token_id,
+        role,
+        subject,
     }))
 }
 
@@ -176,13 +136,5 @@ mod tests {
         assert!(a.len() >= 3 + 43);
         assert_ne!(a, b);
         assert_ne!(hash_token(&a), hash_token(&b));
-    }
-
-    #[test]
-    fn roles_round_trip() {
-        for r in [Role::Seller, Role::Buyer, Role::Storefront, Role::Admin] {
-            assert_eq!(r.as_str().parse::<Role>().unwrap(), r);
-        }
-        assert!("root".parse::<Role>().is_err());
     }
 }

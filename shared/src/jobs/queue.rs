@@ -1,0 +1,278 @@
+//! The queue's tables (apalis-postgres 1.0's `apalis.jobs` and `apalis.workers`): every
+//! statement of the project that reads or writes them. apalis itself fetches, heartbeats
+//! and acknowledges; what it leaves to us (enqueue in the caller's transaction, the fast
+//! lane's claim, durable retry delays, dead jobs, pruning) is here.
+
+use std::{collections::HashSet, time::Duration};
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::{FulfillOrder, Job, LANE_CHANNEL, LANE_GRACE, ReplenishPool};
+
+/// Our queues' rows (apalis may share its tables with other applications).
+const OURS: &str = "autokey::%";
+
+/// Jobs that will not run again by themselves: out of attempts, or aborted.
+const DEAD: &str = "(status = 'Killed' OR (status = 'Failed' AND attempts >= max_attempts))";
+
+/// Enqueues `job` on `conn` (typically inside the caller's transaction). Returns false
+/// when a job with the same idempotency key (or id) already exists.
+///
+/// The row mirrors apalis-postgres 1.0's `queries/task/sink.sql`; the test
+/// `jobs_enqueued_by_sql_run_on_apalis` pins that coupling against a real worker.
+pub async fn enqueue<J: Job>(conn: &mut PgConnection, job: &J) -> Result<bool, sqlx::Error> {
+    let payload = serde_json::to_vec(job).expect("job payloads serialize");
+    let (grace_ms, lane) = if J::FAST_LANE {
+        (LANE_GRACE.as_millis() as f64, Some(LANE_CHANNEL))
+    } else {
+        (0.0, None)
+    };
+    let (inserted, _announced): (i64, i64) = sqlx::query_as(
+        "WITH ins AS (
+             INSERT INTO apalis.jobs
+                 (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key)
+             VALUES ($1, $2, $3, 'Pending', 0, $4, now() + $6 * interval '1 millisecond', 0, ''::hstore, $5)
+             ON CONFLICT DO NOTHING
+             RETURNING id)
+         SELECT (SELECT count(*) FROM ins),
+                (SELECT count(*) FROM (SELECT pg_notify($7, id) FROM ins WHERE $7 IS NOT NULL) n)",
+    )
+    .bind(job.job_id())
+    .bind(J::QUEUE)
+    .bind(payload)
+    .bind(J::MAX_ATTEMPTS)
+    .bind(job.idempotency_key())
+    .bind(grace_ms)
+    .bind(lane)
+    .fetch_one(conn)
+    .await?;
+    Ok(inserted == 1)
+}
+
+/// Claims job `job_id` of queue `J` for the fast lane: row-locks it if it is still
+/// Pending and nobody holds it, and returns its payload. None when it is not there to
+/// take (the queue's workers have it, or it is done). The claim lasts as long as the
+/// caller's transaction; [`mark_done`] in that transaction completes it.
+pub async fn claim_pending<J: Job>(
+    conn: &mut PgConnection,
+    job_id: &str,
+) -> Result<Option<J>, sqlx::Error> {
+    let payload: Option<Vec<u8>> = sqlx::query_scalar(
+        "SELECT job FROM apalis.jobs WHERE id = $1 AND job_type = $2 AND status = 'Pending'
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(job_id)
+    .bind(J::QUEUE)
+    .fetch_optional(conn)
+    .await?;
+    Ok(payload.and_then(|p| serde_json::from_slice(&p).ok()))
+}
+
+/// Row-locks the Pending fulfillment jobs of `order_ids`, skipping any another
+/// transaction holds; returns the ids of those it locked (by primary key: the ids derive
+/// from the orders).
+pub async fn lock_pending_fulfillments(
+    conn: &mut PgConnection,
+    order_ids: &[Uuid],
+) -> Result<Vec<String>, sqlx::Error> {
+    if order_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = order_ids
+        .iter()
+        .map(|&o| FulfillOrder::job_id_of(o))
+        .collect();
+    sqlx::query_scalar(
+        "SELECT id FROM apalis.jobs WHERE id = ANY($1) AND status = 'Pending'
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+}
+
+/// Marks jobs Done on the transaction that did their work: `batched` were served by
+/// another job's batch, `own` is the fast lane's own job.
+pub async fn mark_done(
+    conn: &mut PgConnection,
+    batched: &[String],
+    own: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    if batched.is_empty() && own.is_none() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE apalis.jobs SET status = 'Done', done_at = now(), attempts = attempts + 1,
+                last_result = jsonb_build_object('Ok',
+                    CASE WHEN id = $2 THEN 'served by the fast lane' ELSE 'served in a batch' END)
+         WHERE id = ANY($1) OR id = $2",
+    )
+    .bind(batched)
+    .bind(own)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a failed run of a Pending job that was run outside the queue's workers (the
+/// fast lane), as apalis records its own: a retryable failure becomes a Failed attempt
+/// due again after `retry_in`; anything else kills the job (dead, retryable by an
+/// operator). A job someone else has taken meanwhile is left alone.
+pub async fn record_failed_run(
+    conn: &mut PgConnection,
+    job_id: &str,
+    error: &str,
+    retry_in: Option<Duration>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE apalis.jobs
+         SET status = CASE WHEN $3::float8 IS NULL THEN 'Killed' ELSE 'Failed' END,
+             attempts = attempts + 1,
+             last_result = jsonb_build_object('Err', $2::text),
+             run_at = CASE WHEN $3::float8 IS NULL THEN run_at
+                           ELSE now() + $3 * interval '1 second' END,
+             done_at = CASE WHEN $3::float8 IS NULL THEN now() END
+         WHERE id = $1 AND status = 'Pending'",
+    )
+    .bind(job_id)
+    .bind(error)
+    .bind(retry_in.map(|d| d.as_secs_f64()))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Pushes a failing job's next run into the future. apalis-postgres retries a failed
+/// job as soon as it is fetched again and only fetches jobs whose `run_at` has passed,
+/// so this row update is what makes retries wait (and survive a restart).
+pub async fn schedule_retry(
+    conn: &mut PgConnection,
+    job_id: &str,
+    delay: Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE apalis.jobs SET run_at = now() + $2 * interval '1 second' WHERE id = $1")
+        .bind(job_id)
+        .bind(delay.as_secs_f64())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Makes dead jobs runnable again (the operator's `retry-dead`). Returns how many.
+pub async fn retry_dead(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE apalis.jobs SET status = 'Pending', attempts = 0, run_at = now(),
+                lock_by = NULL, lock_at = NULL, done_at = NULL
+         WHERE job_type LIKE '{OURS}' AND {DEAD}"
+    )))
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// How many jobs are dead.
+pub async fn dead_count(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM apalis.jobs WHERE job_type LIKE '{OURS}' AND {DEAD}"
+    )))
+    .fetch_one(conn)
+    .await
+}
+
+/// Jobs by queue and status.
+pub async fn counts(conn: &mut PgConnection) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT job_type, status, count(*) FROM apalis.jobs WHERE job_type LIKE '{OURS}'
+         GROUP BY 1, 2 ORDER BY 1, 2"
+    )))
+    .fetch_all(conn)
+    .await
+}
+
+/// The status of an order's fulfillment job, if it has one.
+pub async fn fulfillment_status(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT status FROM apalis.jobs WHERE job_type = $1 AND idempotency_key = $2",
+    )
+    .bind(FulfillOrder::QUEUE)
+    .bind(order_id.to_string())
+    .fetch_optional(conn)
+    .await
+}
+
+/// Deletes Done jobs finished longer than `retention` ago (apalis never does).
+pub async fn prune_done(conn: &mut PgConnection, retention: Duration) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM apalis.jobs WHERE job_type LIKE '{OURS}' AND status = 'Done'
+         AND done_at < now() - $1 * interval '1 second'"
+    )))
+    .bind(retention.as_secs_f64())
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Deletes worker rows silent for longer than `gone` that hold no job. Worker names are
+/// unique per process start, so old rows would pile up forever.
+pub async fn prune_workers(conn: &mut PgConnection, gone: Duration) -> Result<(), sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM apalis.workers w WHERE w.worker_type LIKE '{OURS}'
+           AND w.last_seen < now() - $1 * interval '1 second'
+           AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.lock_by = w.id)"
+    )))
+    .bind(gone.as_secs_f64())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Which of `order_ids` have no fulfillment job at all (the sweeper gives them one).
+pub async fn without_fulfillment(
+    conn: &mut PgConnection,
+    order_ids: &[Uuid],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    if order_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<String> = order_ids.iter().map(Uuid::to_string).collect();
+    let existing: Vec<String> = sqlx::query_scalar(
+        "SELECT idempotency_key FROM apalis.jobs WHERE job_type = $1 AND idempotency_key = ANY($2)",
+    )
+    .bind(FulfillOrder::QUEUE)
+    .bind(&keys)
+    .fetch_all(conn)
+    .await?;
+    let existing: HashSet<String> = existing.into_iter().collect();
+    Ok(order_ids
+        .iter()
+        .copied()
+        .filter(|o| !existing.contains(&o.to_string()))
+        .collect())
+}
+
+/// Which of `pool_ids` have a replenishment queued or running.
+pub async fn replenishing(
+    conn: &mut PgConnection,
+    pool_ids: &[Uuid],
+) -> Result<HashSet<Uuid>, sqlx::Error> {
+    if pool_ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let payloads: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT job FROM apalis.jobs
+         WHERE job_type = $1 AND status IN ('Pending', 'Queued', 'Running')",
+    )
+    .bind(ReplenishPool::QUEUE)
+    .fetch_all(conn)
+    .await?;
+    Ok(payloads
+        .iter()
+        .filter_map(|p| serde_json::from_slice::<ReplenishPool>(p).ok())
+        .map(|j| j.pool_id)
+        .filter(|p| pool_ids.contains(p))
+        .collect())
+}

@@ -1,0 +1,205 @@
+//! Keys: stored sealed (see [`crate::vault`]), deduplicated globally by fingerprint, shown
+//! only as metadata. Status changes are [`crate::transitions`]'.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{FromRow, PgConnection};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::After;
+use crate::{model::KeyStatus, vault::Sealed};
+
+/// What may be shown of a key: never the key, its ciphertext or its fingerprint.
+#[derive(Debug, Clone, Serialize, ToSchema, FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyMeta {
+    pub id: Uuid,
+    pub status: KeyStatus,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserved_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalidated_at: Option<DateTime<Utc>>,
+    /// The order the key is reserved for or was delivered to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<Uuid>,
+}
+
+#[macro_export]
+#[doc(hidden)]
+macro_rules! key_meta_columns {
+    () => {
+        "id, status, created_at, reserved_at, delivered_at, invalidated_at, order_id"
+    };
+}
+
+/// A key ready to be stored: sealed for its row id, known only by its fingerprint.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub id: Uuid,
+    pub fingerprint: [u8; 32],
+    pub sealed: Sealed,
+}
+
+/// Inserts `rows` into pool `pool_id` (AVAILABLE), skipping fingerprints that exist, and
+/// returns the fingerprints it stored. Rows should come sorted by fingerprint: concurrent
+/// uploads then take their unique-index locks in the same order and cannot deadlock.
+pub async fn insert(
+    conn: &mut PgConnection,
+    pool_id: Uuid,
+    upload_id: Option<Uuid>,
+    rows: &[NewKey],
+) -> Result<HashSet<[u8; 32]>, sqlx::Error> {
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let ciphertexts: Vec<&[u8]> = rows.iter().map(|r| &r.sealed.ciphertext[..]).collect();
+    let nonces: Vec<&[u8]> = rows.iter().map(|r| &r.sealed.nonce[..]).collect();
+    let enc_key_ids: Vec<&str> = rows.iter().map(|r| r.sealed.enc_key_id.as_str()).collect();
+    let fingerprints: Vec<&[u8]> = rows.iter().map(|r| &r.fingerprint[..]).collect();
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar(
+        "INSERT INTO keys (id, pool_id, ciphertext, nonce, enc_key_id, fingerprint, upload_batch_id)
+         SELECT r.id, $6, r.ciphertext, r.nonce, r.enc_key_id, r.fingerprint, $7
+         FROM UNNEST($1::uuid[], $2::bytea[], $3::bytea[], $4::text[], $5::bytea[])
+              AS r (id, ciphertext, nonce, enc_key_id, fingerprint)
+         ORDER BY r.fingerprint
+         ON CONFLICT (fingerprint) DO NOTHING
+         RETURNING fingerprint",
+    )
+    .bind(ids)
+    .bind(ciphertexts)
+    .bind(nonces)
+    .bind(enc_key_ids)
+    .bind(fingerprints)
+    .bind(pool_id)
+    .bind(upload_id)
+    .fetch_all(conn)
+    .await?;
+    Ok(to_fingerprints(stored))
+}
+
+/// Which of `fingerprints` were stored by upload `upload_id`.
+pub async fn stored_by_upload(
+    conn: &mut PgConnection,
+    upload_id: Uuid,
+    fingerprints: &[&[u8]],
+) -> Result<HashSet<[u8; 32]>, sqlx::Error> {
+    if fingerprints.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ours: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT fingerprint FROM keys WHERE fingerprint = ANY($1) AND upload_batch_id = $2",
+    )
+    .bind(fingerprints)
+    .bind(upload_id)
+    .fetch_all(conn)
+    .await?;
+    Ok(to_fingerprints(ours))
+}
+
+fn to_fingerprints(rows: Vec<Vec<u8>>) -> HashSet<[u8; 32]> {
+    rows.into_iter()
+        .filter_map(|f| <[u8; 32]>::try_from(f).ok())
+        .collect()
+}
+
+/// Up to `fetch` keys of the pool after `after`, in (created_at, id) order. The first page
+/// is a separate statement so the keyset condition is always a plain range on
+/// keys_pool_list_idx, never an OR the planner cannot use.
+pub async fn page(
+    conn: &mut PgConnection,
+    pool_id: Uuid,
+    status: Option<KeyStatus>,
+    after: Option<After>,
+    fetch: i64,
+) -> Result<Vec<KeyMeta>, sqlx::Error> {
+    match after {
+        None => {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                key_meta_columns!(),
+                " FROM keys WHERE pool_id = $1 AND ($2::text IS NULL OR status = $2)
+                 ORDER BY created_at, id LIMIT $3"
+            ))
+            .bind(pool_id)
+            .bind(status)
+            .bind(fetch)
+            .fetch_all(conn)
+            .await
+        }
+        Some(a) => {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                key_meta_columns!(),
+                " FROM keys WHERE pool_id = $1 AND ($2::text IS NULL OR status = $2)
+                   AND (created_at, id) > ($3, $4)
+                 ORDER BY created_at, id LIMIT $5"
+            ))
+            .bind(pool_id)
+            .bind(status)
+            .bind(a.created_at)
+            .bind(a.id)
+            .bind(fetch)
+            .fetch_all(conn)
+            .await
+        }
+    }
+}
+
+/// Key `key_id`, row-locked, if it is in pool `pool_id` of `seller_id`; nothing is locked
+/// otherwise (a caller never holds a row it may not see).
+pub async fn lock_in_sellers_pool(
+    conn: &mut PgConnection,
+    seller_id: Uuid,
+    pool_id: Uuid,
+    key_id: Uuid,
+) -> Result<Option<KeyMeta>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT k.id, k.status, k.created_at, k.reserved_at, k.delivered_at, k.invalidated_at,
+                k.order_id
+         FROM keys k
+         WHERE k.id = $1 AND k.pool_id = $2
+           AND EXISTS (SELECT 1 FROM key_pools p WHERE p.id = $2 AND p.seller_id = $3)
+         FOR UPDATE OF k",
+    )
+    .bind(key_id)
+    .bind(pool_id)
+    .bind(seller_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// A sealed key with the ids its ciphertext is bound to.
+#[derive(Debug, Clone)]
+pub struct SealedKey {
+    pub id: Uuid,
+    pub pool_id: Uuid,
+    pub sealed: Sealed,
+}
+
+impl SealedKey {
+    /// From the parallel arrays a query aggregated; a malformed nonce is an invariant breach.
+    pub fn from_parts(
+        id: Uuid,
+        pool_id: Uuid,
+        ciphertext: Vec<u8>,
+        nonce: Vec<u8>,
+        enc_key_id: String,
+    ) -> Result<Self, crate::error::CoreError> {
+        let nonce: [u8; 12] = nonce.try_into().map_err(|_| {
+            crate::error::CoreError::invariant(format!("key {id} has a malformed nonce"))
+        })?;
+        Ok(SealedKey {
+            id,
+            pool_id,
+            sealed: Sealed {
+                ciphertext,
+                nonce,
+                enc_key_id,
+            },
+        })
+    }
+}

@@ -1,0 +1,264 @@
+//! Orders and their deliveries: reads, the insert of a new (PENDING) order, and which
+//! orders a caller may see. Status changes are [`crate::transitions`]'.
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgConnection};
+use uuid::Uuid;
+
+use super::{After, audit::Actor, keys::SealedKey};
+use crate::{error::CoreError, model::OrderStatus};
+
+/// An `orders` row.
+#[derive(Debug, Clone, FromRow)]
+pub struct OrderRow {
+    pub id: Uuid,
+    pub buyer_id: Uuid,
+    pub offer_id: Uuid,
+    pub pool_id: Option<Uuid>,
+    pub quantity: i32,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub status: OrderStatus,
+    pub created_at: DateTime<Utc>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub fulfilled_at: Option<DateTime<Utc>>,
+    pub canceled_at: Option<DateTime<Utc>>,
+}
+
+#[macro_export]
+#[doc(hidden)]
+macro_rules! order_columns {
+    () => {
+        "id, buyer_id, offer_id, pool_id, quantity, amount_cents, currency, status, \
+         created_at, paid_at, fulfilled_at, canceled_at"
+    };
+}
+
+/// Whose orders a caller may see and act on. Everything else answers exactly like a
+/// missing order, and is never locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Viewer {
+    /// A buyer: orders placed for its own buyer id.
+    Buyer(Uuid),
+    /// A storefront: the orders of its customers.
+    Storefront,
+}
+
+impl Viewer {
+    /// The buyer id the visibility predicate `($2::uuid IS NULL OR buyer_id = $2)` binds.
+    fn buyer(self) -> Option<Uuid> {
+        match self {
+            Viewer::Buyer(id) => Some(id),
+            Viewer::Storefront => None,
+        }
+    }
+
+    pub fn may_see(self, order: &OrderRow) -> bool {
+        self.buyer().is_none_or(|b| b == order.buyer_id)
+    }
+}
+
+/// A new PENDING order; `amount_cents` is the offer's price times the quantity, computed
+/// (with overflow checked) by the caller.
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    pub buyer_id: Uuid,
+    pub offer_id: Uuid,
+    pub pool_id: Option<Uuid>,
+    pub quantity: i32,
+    pub amount_cents: i64,
+    pub currency: String,
+}
+
+pub async fn insert(conn: &mut PgConnection, new: &NewOrder) -> Result<OrderRow, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "INSERT INTO orders (id, buyer_id, offer_id, pool_id, quantity, amount_cents, currency)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING ",
+        order_columns!()
+    ))
+    .bind(Uuid::now_v7())
+    .bind(new.buyer_id)
+    .bind(new.offer_id)
+    .bind(new.pool_id)
+    .bind(new.quantity)
+    .bind(new.amount_cents)
+    .bind(&new.currency)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        order_columns!(),
+        " FROM orders WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// The order if `viewer` may see it.
+pub async fn find_visible(
+    conn: &mut PgConnection,
+    id: Uuid,
+    viewer: Viewer,
+) -> Result<Option<OrderRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        order_columns!(),
+        " FROM orders WHERE id = $1 AND ($2::uuid IS NULL OR buyer_id = $2)"
+    ))
+    .bind(id)
+    .bind(viewer.buyer())
+    .fetch_optional(conn)
+    .await
+}
+
+/// The order, row-locked for a state change, if `viewer` may see it (nothing is locked
+/// otherwise).
+pub async fn lock_visible(
+    conn: &mut PgConnection,
+    id: Uuid,
+    viewer: Viewer,
+) -> Result<Option<OrderRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        order_columns!(),
+        " FROM orders WHERE id = $1 AND ($2::uuid IS NULL OR buyer_id = $2) FOR UPDATE"
+    ))
+    .bind(id)
+    .bind(viewer.buyer())
+    .fetch_optional(conn)
+    .await
+}
+
+/// The row locked for a payment arriving from the provider (no viewer: the webhook's
+/// signature is its authority).
+pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        order_columns!(),
+        " FROM orders WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// An order as `viewer` reads it: with its delivered keys (sealed) when FULFILLED, and
+/// then an `order.keys_read` audit row written by the same statement, so the read and
+/// its record commit together or not at all. One round trip.
+pub async fn read(
+    conn: &mut PgConnection,
+    id: Uuid,
+    viewer: Viewer,
+    actor: &Actor,
+    route: &str,
+) -> Result<Option<(OrderRow, Vec<SealedKey>)>, CoreError> {
+    #[derive(FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        order: OrderRow,
+        key_ids: Option<Vec<Uuid>>,
+        key_pools: Option<Vec<Uuid>>,
+        ciphertexts: Option<Vec<Vec<u8>>>,
+        nonces: Option<Vec<Vec<u8>>>,
+        enc_key_ids: Option<Vec<String>>,
+    }
+    let row: Option<Row> = sqlx::query_as(concat!(
+        "WITH o AS (SELECT ",
+        order_columns!(),
+        " FROM orders WHERE id = $1 AND ($2::uuid IS NULL OR buyer_id = $2)),
+         k AS (SELECT k.id, k.pool_id, k.ciphertext, k.nonce, k.enc_key_id, k.created_at
+               FROM order_deliveries d JOIN keys k ON k.id = d.key_id
+               WHERE d.order_id = $1 AND EXISTS (SELECT 1 FROM o WHERE o.status = 'FULFILLED')),
+         a AS (INSERT INTO audit_log (actor_role, actor_subject, actor_token_id, action, order_id, details)
+               SELECT $3, $4, $5, 'order.keys_read', $1,
+                      jsonb_build_object('route', $6::text,
+                                         'keyIds', (SELECT jsonb_agg(id ORDER BY created_at, id) FROM k))
+               WHERE EXISTS (SELECT 1 FROM k)
+               RETURNING 1)
+         SELECT o.*,
+                (SELECT array_agg(id ORDER BY created_at, id) FROM k) AS key_ids,
+                (SELECT array_agg(pool_id ORDER BY created_at, id) FROM k) AS key_pools,
+                (SELECT array_agg(ciphertext ORDER BY created_at, id) FROM k) AS ciphertexts,
+                (SELECT array_agg(nonce ORDER BY created_at, id) FROM k) AS nonces,
+                (SELECT array_agg(enc_key_id ORDER BY created_at, id) FROM k) AS enc_key_ids
+         FROM o"
+    ))
+    .bind(id)
+    .bind(viewer.buyer())
+    .bind(actor.role)
+    .bind(actor.subject)
+    .bind(actor.token_id)
+    .bind(route)
+    .fetch_optional(conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let ids = row.key_ids.unwrap_or_default();
+    let pools = row.key_pools.unwrap_or_default();
+    let cts = row.ciphertexts.unwrap_or_default();
+    let nonces = row.nonces.unwrap_or_default();
+    let enc = row.enc_key_ids.unwrap_or_default();
+    let keys = ids
+        .into_iter()
+        .zip(pools)
+        .zip(cts)
+        .zip(nonces)
+        .zip(enc)
+        .map(|((((id, pool_id), ct), nonce), enc_key_id)| {
+            SealedKey::from_parts(id, pool_id, ct, nonce, enc_key_id)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some((row.order, keys)))
+}
+
+/// Up to `fetch` of the buyer's orders before `after`, newest first.
+pub async fn page_for_buyer(
+    conn: &mut PgConnection,
+    buyer_id: Uuid,
+    status: Option<OrderStatus>,
+    after: Option<After>,
+    fetch: i64,
+) -> Result<Vec<OrderRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        order_columns!(),
+        " FROM orders WHERE buyer_id = $1 AND ($2::text IS NULL OR status = $2)
+           AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
+         ORDER BY created_at DESC, id DESC LIMIT $5"
+    ))
+    .bind(buyer_id)
+    .bind(status)
+    .bind(after.map(|a| a.created_at))
+    .bind(after.map(|a| a.id))
+    .bind(fetch)
+    .fetch_all(conn)
+    .await
+}
+
+/// Up to `limit` PAID orders paid before `cutoff` (the sweeper checks they have a job).
+pub async fn paid_before(
+    conn: &mut PgConnection,
+    cutoff: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM orders WHERE status = 'PAID' AND paid_at < $1 ORDER BY paid_at LIMIT $2",
+    )
+    .bind(cutoff)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// (PAID orders, of which backordered), for the metrics.
+pub async fn waiting_counts(conn: &mut PgConnection) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE backordered_at IS NOT NULL)
+         FROM orders WHERE status = 'PAID'",
+    )
+    .fetch_one(conn)
+    .await
+}

@@ -1,0 +1,312 @@
+//! Delivering keys to paid orders: the one routine behind a job's own order, a batch of
+//! waiting orders and a replenishment (a batch of one is just a batch).
+//!
+//! The rules, in one place:
+//! - orders are served oldest paid first; an order gets exactly `quantity` distinct keys,
+//!   all at once, or none delivered;
+//! - the first order that cannot be completed keeps the keys that are left (RESERVED, so
+//!   later orders cannot take them) and waits (backordered); every later order of the
+//!   batch waits behind it;
+//! - an order paid after one of its pool's orders that already waits outside the batch
+//!   claims nothing: keys that arrive go to the oldest waiting order first.
+//!
+//! Every statement is bound to an index by equality or by a bounded `LIMIT` in index
+//! order: `orders_pkey`, `orders_fresh_idx`, `orders_backordered_idx`,
+//! `keys_order_idx`, `keys_claim_idx`.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgConnection};
+use uuid::Uuid;
+
+use crate::{error::CoreError, model::ORDER_FULFILLED_CHANNEL, model::OrderStatus};
+
+/// What happened to one order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Keys delivered, order FULFILLED.
+    Fulfilled { keys: i64 },
+    /// Not enough keys: `reserved` of `quantity` are held for the order, which waits.
+    Backordered { reserved: i64, quantity: i64 },
+    /// Nothing to do: the order is not PAID (already fulfilled, canceled, or unpaid), or
+    /// it has no pool (a MANUAL offer's).
+    NothingToDo,
+}
+
+/// An order row-locked for delivery.
+#[derive(Debug, Clone, FromRow)]
+pub struct Locked {
+    pub id: Uuid,
+    pub pool_id: Option<Uuid>,
+    pub quantity: i32,
+    pub status: OrderStatus,
+    pub paid_at: Option<DateTime<Utc>>,
+}
+
+/// Which orders to lock for a delivery.
+#[derive(Debug, Clone, Copy)]
+pub enum Take {
+    /// This order, waiting for its lock (a job's own order). Locked whatever its status,
+    /// so the caller can tell a missing order from a finished one.
+    One(Uuid),
+    /// Up to `limit` PAID orders of `pool_id` whose own job has not served them yet,
+    /// oldest paid first, skipping any another transaction holds, `except` excluded.
+    Fresh {
+        pool_id: Uuid,
+        except: Uuid,
+        limit: i64,
+    },
+    /// The `limit` oldest backordered orders of `pool_id`, waiting for their locks (a
+    /// replenishment: strictly in order). Orders whose own job has not run are left to it.
+    Waiting { pool_id: Uuid, limit: i64 },
+}
+
+pub const LOCK_ONE: &str =
+    "SELECT id, pool_id, quantity, status, paid_at FROM orders WHERE id = $1 FOR UPDATE";
+pub const LOCK_FRESH: &str = "SELECT id, pool_id, quantity, status, paid_at FROM orders
+     WHERE pool_id = $1 AND status = 'PAID' AND backordered_at IS NULL AND id <> $2
+     ORDER BY paid_at, id LIMIT $3 FOR UPDATE SKIP LOCKED";
+pub const LOCK_WAITING: &str = "SELECT id, pool_id, quantity, status, paid_at FROM orders
+     WHERE pool_id = $1 AND status = 'PAID' AND backordered_at IS NOT NULL
+     ORDER BY paid_at, id LIMIT $2 FOR UPDATE";
+
+/// The one order lock of deliveries.
+pub async fn lock(conn: &mut PgConnection, take: Take) -> Result<Vec<Locked>, sqlx::Error> {
+    match take {
+        Take::One(id) => sqlx::query_as(LOCK_ONE).bind(id).fetch_all(conn).await,
+        Take::Fresh {
+            pool_id,
+            except,
+            limit,
+        } => {
+            sqlx::query_as(LOCK_FRESH)
+                .bind(pool_id)
+                .bind(except)
+                .bind(limit)
+                .fetch_all(conn)
+                .await
+        }
+        Take::Waiting { pool_id, limit } => {
+            sqlx::query_as(LOCK_WAITING)
+                .bind(pool_id)
+                .bind(limit)
+                .fetch_all(conn)
+                .await
+        }
+    }
+}
+
+/// Serializes replenishments of one pool for the rest of the transaction, so backorders
+/// are served strictly in order.
+pub async fn lock_replenishment(conn: &mut PgConnection, pool_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('autokey:replenish:' || $1::text, 0))",
+    )
+    .bind(pool_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Delivers to `orders` (locked by the caller's transaction) what their pools allow, by
+/// the rules above; returns each order's outcome, in the order given.
+pub async fn deliver(
+    conn: &mut PgConnection,
+    orders: &[Locked],
+) -> Result<Vec<(Uuid, Outcome)>, CoreError> {
+    let mut by_pool: HashMap<Uuid, Vec<Member>> = HashMap::new();
+    for o in orders {
+        if let (OrderStatus::Paid, Some(pool_id), Some(paid_at)) = (o.status, o.pool_id, o.paid_at)
+        {
+            by_pool.entry(pool_id).or_default().push(Member {
+                id: o.id,
+                quantity: i64::from(o.quantity),
+                paid_at,
+            });
+        }
+    }
+    let mut outcomes: HashMap<Uuid, Outcome> = HashMap::new();
+    for (pool_id, mut members) in by_pool {
+        members.sort_by_key(|m| (m.paid_at, m.id));
+        outcomes.extend(deliver_in_pool(conn, pool_id, &members).await?);
+    }
+    Ok(orders
+        .iter()
+        .map(|o| {
+            let outcome = outcomes.get(&o.id).copied().unwrap_or(Outcome::NothingToDo);
+            (o.id, outcome)
+        })
+        .collect())
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    id: Uuid,
+    quantity: i64,
+    paid_at: DateTime<Utc>,
+}
+
+pub const HELD_KEYS: &str = "SELECT order_id, id FROM keys
+     WHERE order_id = ANY($1) AND status = 'RESERVED' ORDER BY created_at, id";
+pub const FIRST_WAITING: &str = "SELECT paid_at, id FROM orders
+     WHERE pool_id = $1 AND status = 'PAID' AND backordered_at IS NOT NULL AND id <> ALL($2)
+     ORDER BY paid_at, id LIMIT 1";
+pub const CLAIM_KEYS: &str = "SELECT id FROM keys WHERE pool_id = $1 AND status = 'AVAILABLE'
+     ORDER BY created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED";
+
+/// `members`: PAID orders of one pool, locked, oldest paid first.
+async fn deliver_in_pool(
+    conn: &mut PgConnection,
+    pool_id: Uuid,
+    members: &[Member],
+) -> Result<Vec<(Uuid, Outcome)>, CoreError> {
+    let ids: Vec<Uuid> = members.iter().map(|m| m.id).collect();
+    // Keys already held for these orders (a backorder's partial reservation).
+    let held_rows: Vec<(Uuid, Uuid)> = sqlx::query_as(HELD_KEYS)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut held: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+    for (order_id, key_id) in held_rows {
+        held.entry(order_id).or_default().push(key_id);
+    }
+    let held_of = |m: &Member| held.get(&m.id).map_or(&[][..], Vec::as_slice);
+    // Members paid after an order that already waits outside the batch queue behind it.
+    let first_waiting: Option<(DateTime<Utc>, Uuid)> = sqlx::query_as(FIRST_WAITING)
+        .bind(pool_id)
+        .bind(&ids)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let open = members
+        .iter()
+        .take_while(|m| first_waiting.is_none_or(|w| (m.paid_at, m.id) < w))
+        .count();
+    let need: i64 = members[..open]
+        .iter()
+        .map(|m| (m.quantity - held_of(m).len() as i64).max(0))
+        .sum();
+    let fresh: Vec<Uuid> = if need > 0 {
+        sqlx::query_scalar(CLAIM_KEYS)
+            .bind(pool_id)
+            .bind(need)
+            .fetch_all(&mut *conn)
+            .await?
+    } else {
+        Vec::new()
+    };
+
+    let mut plan = Plan::default();
+    let mut outcomes = Vec::with_capacity(members.len());
+    let mut next = 0;
+    let mut short = false;
+    for (i, m) in members.iter().enumerate() {
+        let have = held_of(m);
+        if have.len() as i64 > m.quantity {
+            return Err(CoreError::invariant(format!(
+                "order {} holds {} keys for a quantity of {}",
+                m.id,
+                have.len(),
+                m.quantity
+            )));
+        }
+        let missing = (m.quantity - have.len() as i64).max(0) as usize;
+        if i < open && !short && missing <= fresh.len() - next {
+            let keys = have.iter().chain(&fresh[next..next + missing]);
+            plan.deliveries.extend(keys.map(|&k| (k, m.id)));
+            next += missing;
+            plan.fulfilled.push(m.id);
+            outcomes.push((m.id, Outcome::Fulfilled { keys: m.quantity }));
+            continue;
+        }
+        let mut reserved = have.len();
+        if i < open && !short {
+            // The first order that cannot be completed keeps what is left.
+            plan.reservations
+                .extend(fresh[next..].iter().map(|&k| (k, m.id)));
+            reserved += fresh.len() - next;
+            next = fresh.len();
+            short = true;
+        }
+        plan.backordered.push(m.id);
+        outcomes.push((
+            m.id,
+            Outcome::Backordered {
+                reserved: reserved as i64,
+                quantity: m.quantity,
+            },
+        ));
+    }
+    plan.write(conn).await?;
+    Ok(outcomes)
+}
+
+/// The writes of one delivery, applied by one statement.
+#[derive(Debug, Default)]
+struct Plan {
+    /// (key, order): keys delivered.
+    deliveries: Vec<(Uuid, Uuid)>,
+    /// (key, order): AVAILABLE keys reserved for a waiting order.
+    reservations: Vec<(Uuid, Uuid)>,
+    fulfilled: Vec<Uuid>,
+    backordered: Vec<Uuid>,
+}
+
+pub const WRITE: &str = "WITH dk AS (SELECT * FROM unnest($1::uuid[], $2::uuid[]) AS t(key_id, order_id)),
+     rk AS (SELECT * FROM unnest($3::uuid[], $4::uuid[]) AS t(key_id, order_id)),
+     d AS (INSERT INTO order_deliveries (order_id, key_id) SELECT order_id, key_id FROM dk RETURNING 1),
+     kd AS (UPDATE keys k SET status = 'DELIVERED', order_id = dk.order_id, delivered_at = now()
+            FROM dk WHERE k.id = dk.key_id
+              AND (k.status = 'AVAILABLE' OR (k.status = 'RESERVED' AND k.order_id = dk.order_id))
+            RETURNING 1),
+     kr AS (UPDATE keys k SET status = 'RESERVED', order_id = rk.order_id, reserved_at = now()
+            FROM rk WHERE k.id = rk.key_id AND k.status = 'AVAILABLE' RETURNING 1),
+     f AS (UPDATE orders SET status = 'FULFILLED', fulfilled_at = now()
+           WHERE id = ANY($5) AND status = 'PAID' RETURNING id),
+     b AS (UPDATE orders SET backordered_at = now()
+           WHERE id = ANY($6) AND status = 'PAID' AND backordered_at IS NULL RETURNING 1)
+     SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM kd), (SELECT count(*) FROM kr),
+            (SELECT count(*) FROM f),
+            (SELECT count(*) FROM (SELECT pg_notify($7, id::text) FROM f) n)";
+
+impl Plan {
+    async fn write(self, conn: &mut PgConnection) -> Result<(), CoreError> {
+        if self.deliveries.is_empty() && self.reservations.is_empty() && self.backordered.is_empty()
+        {
+            return Ok(());
+        }
+        let (dk, do_): (Vec<Uuid>, Vec<Uuid>) = self.deliveries.iter().copied().unzip();
+        let (rk, ro): (Vec<Uuid>, Vec<Uuid>) = self.reservations.iter().copied().unzip();
+        // The UNIQUE on order_deliveries.key_id refuses a second delivery of any key, even
+        // if the checks here were wrong; the counts below refuse a partial one.
+        let (delivered, keys_delivered, keys_reserved, fulfilled, _notified): (
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+        ) = sqlx::query_as(WRITE)
+            .bind(&dk)
+            .bind(&do_)
+            .bind(&rk)
+            .bind(&ro)
+            .bind(&self.fulfilled)
+            .bind(&self.backordered)
+            .bind(ORDER_FULFILLED_CHANNEL)
+            .fetch_one(conn)
+            .await?;
+        let n = dk.len() as i64;
+        if (delivered, keys_delivered, keys_reserved, fulfilled)
+            != (n, n, rk.len() as i64, self.fulfilled.len() as i64)
+        {
+            return Err(CoreError::invariant(format!(
+                "a delivery of {n} keys to {} orders and {} reservations wrote \
+                 {delivered} deliveries, {keys_delivered} delivered keys, {keys_reserved} \
+                 reserved keys and {fulfilled} fulfilled orders",
+                self.fulfilled.len(),
+                rk.len()
+            )));
+        }
+        Ok(())
+    }
+}
