@@ -76,3 +76,48 @@ drop_databases_with_prefix() {
     server_sql "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" || true
   done
 }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+  log "installing Debian's $*"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# Debian's Chromium for the browser test (never a browser build a test tool downloads).
+CHROMIUM="${AUTOKEY_CHROMIUM:-/usr/bin/chromium}"
+ensure_chromium() {
+  [ -x "$CHROMIUM" ] && return
+  apt_install chromium
+  [ -x "$CHROMIUM" ] || { echo "Chromium is still missing at $CHROMIUM" >&2; exit 1; }
+}
+
+# .venv/ (git-ignored): the test suite's Python tools from tests/python-requirements.txt,
+# installed again only when that file (or the Python) changes.
+VENV="$ROOT/.venv"
+ensure_python_venv() {
+  local req="$ROOT/tests/python-requirements.txt" python="${PYTHON:-python3}" stamp want
+  want="$( (cat "$req"; "$python" --version) | sha256sum | cut -d' ' -f1)"
+  stamp="$VENV/.requirements.sha256"
+  if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    return
+  fi
+  log "preparing the Python venv .venv/ (tests/python-requirements.txt)"
+  rm -rf "$VENV"
+  if ! "$python" -m venv "$VENV" >/dev/null 2>&1; then
+    rm -rf "$VENV"
+    apt_install python3-venv
+    "$python" -m venv "$VENV"
+  fi
+  PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/pip" install -q --no-input -r "$req"
+  echo "$want" >"$stamp"
+}
+
+# Everything the browser test needs (tests/tests/console_browser.rs).
+ensure_browser_test_deps() {
+  ensure_chromium
+  ensure_python_venv
+}

@@ -12,6 +12,9 @@ export SQLX_OFFLINE=true
 
 drop_databases_with_prefix autokey_test_
 
+# The seller console's browser test drives Debian's chromium from a Python venv (.venv/).
+ensure_browser_test_deps
+
 log "building"
 # The CLI tests run the real binaries (target/debug/autokey-api and autokey-worker).
 cargo build --workspace --bins --locked
