@@ -6,6 +6,7 @@ use autokey_shared::{
     config::{self, ConfigError, DatabaseConfig},
     db,
     model::Role,
+    process::{self, exit_code},
     store::tokens,
 };
 use clap::{Parser, Subcommand};
@@ -77,19 +78,9 @@ pub async fn run(cli: Cli) -> i32 {
             print!("{}", config::generate_env_secrets());
             0
         }
-        Command::Migrate => report(migrate().await),
-        Command::Token { action } => report(token(action).await),
-        Command::Serve => report(serve().await),
-    }
-}
-
-fn report(result: Result<(), String>) -> i32 {
-    match result {
-        Ok(()) => 0,
-        Err(line) => {
-            eprintln!("{line}");
-            1
-        }
+        Command::Migrate => exit_code(migrate().await),
+        Command::Token { action } => exit_code(token(action).await),
+        Command::Serve => exit_code(serve().await),
     }
 }
 
@@ -184,24 +175,7 @@ async fn serve() -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     tracing::info!(%addr, "autokey-api listening");
-    crate::serve(listener, state, shutdown_signal())
+    crate::serve(listener, state, process::shutdown_signal())
         .await
         .map_err(|e| e.to_string())
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutdown signal received");
 }

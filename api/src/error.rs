@@ -135,13 +135,11 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Named constraints become clear 4xx errors; passing database trouble a 503; a broken
-/// invariant or anything else an opaque 500.
+/// Passing database trouble is a 503; a broken invariant or anything else an opaque 500.
+/// (What a named constraint means is said at the call that may violate it:
+/// [`ConstraintExt::map_constraint`].)
 impl From<CoreError> for ApiError {
     fn from(err: CoreError) -> Self {
-        if let Some(mapped) = err.constraint().and_then(constraint_error) {
-            return mapped;
-        }
         if err.is_retryable() {
             return ApiError::Unavailable;
         }
@@ -155,22 +153,18 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-fn constraint_error(constraint: &str) -> Option<ApiError> {
-    Some(match constraint {
-        "keys_fingerprint_unique" => ApiError::Conflict("this key already exists".into()),
-        "order_deliveries_key_unique" => {
-            ApiError::Conflict("this key was already delivered".into())
-        }
-        "offers_price_check" => ApiError::validation("priceCents must be 0 or more"),
-        "offers_currency_check" => {
-            ApiError::validation("currency must be a 3-letter ISO 4217 code")
-        }
-        "offers_stock_check" => ApiError::validation("stockCount must be 0 or more"),
-        "offers_auto_key_needs_pool" => ApiError::validation("an AUTO_KEY offer needs a keyPoolId"),
-        "key_pools_threshold_check" => ApiError::validation("lowStockThreshold must be 0 or more"),
-        "orders_quantity_check" => ApiError::validation("quantity must be between 1 and 100"),
-        _ => return None,
-    })
+/// Maps the named constraints a call may violate to what they mean for this request.
+pub trait ConstraintExt<T> {
+    fn map_constraint(self, meaning: impl FnOnce(&str) -> Option<ApiError>) -> Result<T, ApiError>;
+}
+
+impl<T, E: Into<CoreError>> ConstraintExt<T> for Result<T, E> {
+    fn map_constraint(self, meaning: impl FnOnce(&str) -> Option<ApiError>) -> Result<T, ApiError> {
+        self.map_err(|e| {
+            let e: CoreError = e.into();
+            e.constraint().and_then(meaning).unwrap_or_else(|| e.into())
+        })
+    }
 }
 
 impl From<JsonRejection> for ApiError {

@@ -8,6 +8,7 @@ pub mod db;
 pub mod error;
 pub mod jobs;
 pub mod model;
+pub mod process;
 pub mod store;
 pub mod telemetry;
 pub mod transitions;

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use autokey_tests::{Reply, TestApp, fixtures, spawn_app};
+use autokey_worker::fulfillment;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -441,47 +442,47 @@ async fn concurrent_uploads_sharing_half_their_keys_store_each_key_once() {
     assert_eq!(total, 15_000);
 }
 
-/// Turns key `key` into a DELIVERED (or RESERVED) key of a new order, directly in SQL.
-async fn attach_to_order(app: &TestApp, seller: Uuid, pool: Uuid, key: Uuid, status: &str) {
-    let offer = Uuid::now_v7();
-    let order = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO offers (id, seller_id, title, price_cents, currency, delivery_type, key_pool_id, status)
-         VALUES ($1, $2, 'T', 100, 'EUR', 'AUTO_KEY', $3, 'active')",
-    )
-    .bind(offer)
-    .bind(seller)
-    .bind(pool)
-    .execute(&app.pool)
-    .await
-    .unwrap();
-    let delivered = status == "DELIVERED";
-    sqlx::query(
-        "INSERT INTO orders (id, buyer_id, offer_id, pool_id, quantity, amount_cents, currency,
-                             status, paid_at, fulfilled_at)
-         VALUES ($1, $2, $3, $4, 1, 100, 'EUR', $5, now(), CASE WHEN $6 THEN now() END)",
-    )
-    .bind(order)
-    .bind(Uuid::now_v7())
-    .bind(offer)
-    .bind(pool)
-    .bind(if delivered { "FULFILLED" } else { "PAID" })
-    .bind(delivered)
-    .execute(&app.pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "UPDATE keys SET status = $2, order_id = $3,
-                reserved_at = now(), delivered_at = CASE WHEN $4 THEN now() END
-         WHERE id = $1",
-    )
-    .bind(key)
-    .bind(status)
-    .bind(order)
-    .bind(delivered)
-    .execute(&app.pool)
-    .await
-    .unwrap();
+/// An active AUTO_KEY offer on the pool, through the API.
+async fn offer_on(app: &TestApp, token: &str, pool: Uuid) -> Uuid {
+    let r = app
+        .post(
+            "/offers/draft",
+            token,
+            json!({"title": "T", "priceCents": 100, "currency": "EUR",
+                   "deliveryType": "AUTO_KEY", "keyPoolId": pool}),
+        )
+        .await;
+    let offer: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
+    let r = app
+        .post("/offers/publish", token, json!({ "offerId": offer }))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    offer
+}
+
+/// A PENDING order of `quantity` units of the offer, placed by a new buyer.
+async fn place(app: &TestApp, offer: Uuid, quantity: i32) -> (String, Uuid) {
+    let (buyer, _) = app.buyer().await;
+    let r = app
+        .post(
+            "/orders",
+            &buyer,
+            json!({ "offerId": offer, "quantity": quantity }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    (buyer, r.body["id"].as_str().unwrap().parse().unwrap())
+}
+
+/// Pays the order and runs its fulfillment (the worker's own routine) once.
+async fn pay_and_serve(app: &TestApp, (buyer, order): (String, Uuid)) -> fulfillment::Outcome {
+    let r = app
+        .post(&format!("/orders/{order}/pay"), &buyer, json!(null))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    fulfillment::fulfill_order(&app.pool, order, std::time::Duration::from_secs(5))
+        .await
+        .unwrap()
 }
 
 fn key_ids(page: &Reply) -> Vec<Uuid> {
@@ -496,21 +497,29 @@ fn key_ids(page: &Reply) -> Vec<Uuid> {
 #[tokio::test]
 async fn invalidate_available_key_but_not_delivered_or_reserved_ones() {
     let app = spawn_app().await;
-    let (token, seller) = app.seller().await;
+    let (token, _) = app.seller().await;
     let pool = create_pool(&app, &token, "p").await;
-    upload_json(
-        &app,
-        &token,
-        pool,
-        &["INV-KEY-01", "INV-KEY-02", "INV-KEY-03"],
-    )
-    .await;
+    let offer = offer_on(&app, &token, pool).await;
+    upload_json(&app, &token, pool, &["INV-KEY-02", "INV-KEY-03"]).await;
+    // One key sold to an order of one; the other reserved for an order of two that waits.
+    let one = place(&app, offer, 1).await;
+    let two = place(&app, offer, 2).await;
+    assert_eq!(
+        pay_and_serve(&app, one).await,
+        fulfillment::Outcome::Fulfilled { keys: 1 }
+    );
+    assert_eq!(
+        pay_and_serve(&app, two).await,
+        fulfillment::Outcome::Backordered {
+            reserved: 1,
+            quantity: 2
+        }
+    );
+    upload_json(&app, &token, pool, &["INV-KEY-01"]).await;
     let page = app.get(&format!("/key-pools/{pool}/keys"), &token).await;
-    let [avail, sold, held] = key_ids(&page)[..] else {
+    let [sold, held, avail] = key_ids(&page)[..] else {
         panic!("{:?}", page.body)
     };
-    attach_to_order(&app, seller, pool, sold, "DELIVERED").await;
-    attach_to_order(&app, seller, pool, held, "RESERVED").await;
     let counts_now = app.get(&format!("/key-pools/{pool}"), &token).await;
     assert_eq!(counts(&counts_now.body), [3, 1, 1, 1, 0]);
 

@@ -347,11 +347,7 @@ async fn cancel_of_a_backordered_order_frees_its_reserved_keys() {
     let (buyer, _) = app.buyer().await;
     let id = order(&app, &buyer, shop.offer_id, 3).await;
     // Two of the three keys go to someone else first; then only 1 is left for 3 wanted.
-    sqlx::query("UPDATE keys SET status = 'INVALID', invalidated_at = now() WHERE id IN (SELECT id FROM keys WHERE pool_id = $1 LIMIT 2)")
-        .bind(shop.pool_id)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    fixtures::invalidate_keys(&app, shop.pool_id, 2).await;
     pay(&app, &buyer, id).await;
     let r = app
         .post(&format!("/orders/{id}/fulfill?wait=1"), &buyer, json!(null))

@@ -356,11 +356,7 @@ async fn backorders_are_served_oldest_paid_first() {
         ids.push(r.body["id"].as_str().unwrap().parse::<Uuid>().unwrap());
     }
     let (older, younger) = (ids[0], ids[1]);
-    sqlx::query("UPDATE keys SET status = 'INVALID', invalidated_at = now() WHERE pool_id = $1")
-        .bind(shop.pool_id)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    fixtures::invalidate_keys(&app, shop.pool_id, 1).await;
     app.post(&format!("/orders/{older}/pay"), &buyer, json!(null))
         .await;
     assert!(matches!(

@@ -2,7 +2,7 @@
 
 use autokey_shared::{
     config::{self, DatabaseConfig},
-    db, jobs,
+    db, jobs, process,
 };
 use clap::{Parser, Subcommand};
 
@@ -73,7 +73,7 @@ pub async fn run(cli: Cli) -> i32 {
                     ..Default::default()
                 };
                 tracing::info!(concurrency = config.concurrency, "autokey-worker starting");
-                crate::runner::run(pool, config, shutdown_signal())
+                crate::runner::run(pool, config, process::shutdown_signal())
                     .await
                     .map_err(|e| e.to_string())?;
                 tracing::info!("autokey-worker stopped");
@@ -82,24 +82,5 @@ pub async fn run(cli: Cli) -> i32 {
         }
     }
     .await;
-    match result {
-        Ok(()) => 0,
-        Err(line) => {
-            eprintln!("{line}");
-            1
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term => {} }
-    tracing::info!("shutdown signal received; finishing running jobs");
+    process::exit_code(result)
 }

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::{
     auth::Auth,
-    error::{ApiError, ErrorBody},
+    error::{ApiError, ConstraintExt, ErrorBody},
     extract::{Json, Path},
     state::AppState,
 };
@@ -178,6 +178,19 @@ async fn lock_own(
         .ok_or_else(ApiError::not_found)
 }
 
+/// What a draft's constraints mean (the checks above normally answer first).
+fn draft_constraint(name: &str) -> Option<ApiError> {
+    Some(match name {
+        "offers_price_check" => ApiError::validation("priceCents must be 0 or more"),
+        "offers_currency_check" => {
+            ApiError::validation("currency must be a 3-letter ISO 4217 code")
+        }
+        "offers_stock_check" => ApiError::validation("stockCount must be 0 or more"),
+        "offers_auto_key_needs_pool" => ApiError::validation("an AUTO_KEY offer needs a keyPoolId"),
+        _ => return None,
+    })
+}
+
 impl Draft {
     fn fields<'a>(&'a self, title: &'a str) -> DraftFields<'a> {
         DraftFields {
@@ -238,7 +251,9 @@ async fn save_draft(
             let title = validate_draft(&mut tx, seller_id, &draft).await?;
             (
                 StatusCode::OK,
-                store::offers::update_draft(&mut tx, id, &draft.fields(&title)).await?,
+                store::offers::update_draft(&mut tx, id, &draft.fields(&title))
+                    .await
+                    .map_constraint(draft_constraint)?,
             )
         }
     };

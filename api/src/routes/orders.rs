@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::{
     auth::Auth,
-    error::{ApiError, ApiResult, ErrorBody},
+    error::{ApiError, ApiResult, ConstraintExt, ErrorBody},
     extract::{Json, Path, Query},
     orders::{
         idempotency, open_keys,
@@ -126,7 +126,10 @@ async fn place(
         amount_cents,
         currency: offer.currency,
     };
-    Ok(store::orders::insert(conn, &new).await?)
+    store::orders::insert(conn, &new).await.map_constraint(|c| {
+        (c == "orders_quantity_check")
+            .then(|| ApiError::validation("quantity must be between 1 and 100"))
+    })
 }
 
 async fn replayed(

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::{
     auth::Auth,
-    error::{ApiError, ErrorBody},
+    error::{ApiError, ConstraintExt, ErrorBody},
     extract::{Json, Path},
     state::AppState,
 };
@@ -69,7 +69,12 @@ async fn create_pool(
     }
     let mut conn = state.pool.acquire().await?;
     let threshold = body.low_stock_threshold.unwrap_or(0);
-    let pool = store::pools::create(&mut conn, seller_id, &name, threshold).await?;
+    let pool = store::pools::create(&mut conn, seller_id, &name, threshold)
+        .await
+        .map_constraint(|c| {
+            (c == "key_pools_threshold_check")
+                .then(|| ApiError::validation("lowStockThreshold must be 0 or more"))
+        })?;
     Ok((StatusCode::CREATED, Json(pool)))
 }
 
