@@ -16,39 +16,58 @@ const OURS: &str = "autokey::%";
 /// Jobs that will not run again by themselves: out of attempts, or aborted.
 const DEAD: &str = "(status = 'Killed' OR (status = 'Failed' AND attempts >= max_attempts))";
 
-/// Enqueues `job` on `conn` (typically inside the caller's transaction). Returns false
-/// when a job with the same idempotency key (or id) already exists.
+pub const ENQUEUE: &str = "WITH ins AS (
+         INSERT INTO apalis.jobs
+             (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key)
+         SELECT t.id, $2, t.job, 'Pending', 0, $4, now() + $6 * interval '1 millisecond', 0,
+                ''::hstore, t.idempotency_key
+         FROM unnest($1::text[], $3::bytea[], $5::text[]) AS t(id, job, idempotency_key)
+         ON CONFLICT DO NOTHING
+         RETURNING id)
+     SELECT (SELECT count(*) FROM ins),
+            (SELECT count(*) FROM (SELECT pg_notify($7, id) FROM ins WHERE $7 IS NOT NULL) n)";
+
+/// Enqueues `jobs` on `conn` (typically inside the caller's transaction), in one statement.
+/// Returns how many were new: a job whose idempotency key (or id) exists is skipped.
 ///
-/// The row mirrors apalis-postgres 1.0's `queries/task/sink.sql`; the test
+/// The rows mirror apalis-postgres 1.0's `queries/task/sink.sql`; the test
 /// `jobs_enqueued_by_sql_run_on_apalis` pins that coupling against a real worker.
-pub async fn enqueue<J: Job>(conn: &mut PgConnection, job: &J) -> Result<bool, sqlx::Error> {
-    let payload = serde_json::to_vec(job).expect("job payloads serialize");
+pub async fn enqueue_many<J: Job>(conn: &mut PgConnection, jobs: &[J]) -> Result<u64, sqlx::Error> {
+    if jobs.is_empty() {
+        return Ok(0);
+    }
     let (grace_ms, lane) = if J::FAST_LANE {
         (LANE_GRACE.as_millis() as f64, Some(LANE_CHANNEL))
     } else {
         (0.0, None)
     };
-    let (inserted, _announced): (i64, i64) = sqlx::query_as(
-        "WITH ins AS (
-             INSERT INTO apalis.jobs
-                 (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key)
-             VALUES ($1, $2, $3, 'Pending', 0, $4, now() + $6 * interval '1 millisecond', 0, ''::hstore, $5)
-             ON CONFLICT DO NOTHING
-             RETURNING id)
-         SELECT (SELECT count(*) FROM ins),
-                (SELECT count(*) FROM (SELECT pg_notify($7, id) FROM ins WHERE $7 IS NOT NULL) n)",
-    )
-    .bind(job.job_id())
-    .bind(J::QUEUE)
-    .bind(payload)
-    .bind(J::MAX_ATTEMPTS)
-    .bind(job.idempotency_key())
-    .bind(grace_ms)
-    .bind(lane)
-    .fetch_one(conn)
-    .await?;
-    Ok(inserted == 1)
+    let ids: Vec<String> = jobs.iter().map(Job::job_id).collect();
+    let payloads: Vec<Vec<u8>> = jobs
+        .iter()
+        .map(|j| serde_json::to_vec(j).expect("job payloads serialize"))
+        .collect();
+    let keys: Vec<Option<String>> = jobs.iter().map(Job::idempotency_key).collect();
+    let (inserted, _announced): (i64, i64) = sqlx::query_as(ENQUEUE)
+        .bind(ids)
+        .bind(J::QUEUE)
+        .bind(payloads)
+        .bind(J::MAX_ATTEMPTS)
+        .bind(keys)
+        .bind(grace_ms)
+        .bind(lane)
+        .fetch_one(conn)
+        .await?;
+    Ok(inserted as u64)
 }
+
+/// Enqueues one job; false when a job with the same idempotency key (or id) exists.
+pub async fn enqueue<J: Job>(conn: &mut PgConnection, job: &J) -> Result<bool, sqlx::Error> {
+    Ok(enqueue_many(conn, std::slice::from_ref(job)).await? == 1)
+}
+
+pub const CLAIM_PENDING: &str =
+    "SELECT job FROM apalis.jobs WHERE id = $1 AND job_type = $2 AND status = 'Pending'
+         FOR UPDATE SKIP LOCKED";
 
 /// Claims job `job_id` of queue `J` for the fast lane: row-locks it if it is still
 /// Pending and nobody holds it, and returns its payload. None when it is not there to
@@ -58,16 +77,17 @@ pub async fn claim_pending<J: Job>(
     conn: &mut PgConnection,
     job_id: &str,
 ) -> Result<Option<J>, sqlx::Error> {
-    let payload: Option<Vec<u8>> = sqlx::query_scalar(
-        "SELECT job FROM apalis.jobs WHERE id = $1 AND job_type = $2 AND status = 'Pending'
-         FOR UPDATE SKIP LOCKED",
-    )
-    .bind(job_id)
-    .bind(J::QUEUE)
-    .fetch_optional(conn)
-    .await?;
+    let payload: Option<Vec<u8>> = sqlx::query_scalar(CLAIM_PENDING)
+        .bind(job_id)
+        .bind(J::QUEUE)
+        .fetch_optional(conn)
+        .await?;
     Ok(payload.and_then(|p| serde_json::from_slice(&p).ok()))
 }
+
+pub const LOCK_PENDING_FULFILLMENTS: &str =
+    "SELECT j.id FROM unnest($1::text[]) AS t(id) JOIN apalis.jobs j ON j.id = t.id
+     WHERE j.status = 'Pending' FOR UPDATE OF j SKIP LOCKED";
 
 /// Row-locks the Pending fulfillment jobs of `order_ids`, skipping any another
 /// transaction holds; returns the ids of those it locked (by primary key: the ids derive
@@ -83,14 +103,18 @@ pub async fn lock_pending_fulfillments(
         .iter()
         .map(|&o| FulfillOrder::job_id_of(o))
         .collect();
-    sqlx::query_scalar(
-        "SELECT id FROM apalis.jobs WHERE id = ANY($1) AND status = 'Pending'
-         FOR UPDATE SKIP LOCKED",
-    )
-    .bind(ids)
-    .fetch_all(conn)
-    .await
+    sqlx::query_scalar(LOCK_PENDING_FULFILLMENTS)
+        .bind(ids)
+        .fetch_all(conn)
+        .await
 }
+
+pub const MARK_DONE: &str =
+    "UPDATE apalis.jobs j SET status = 'Done', done_at = now(), attempts = j.attempts + 1,
+            last_result = jsonb_build_object('Ok',
+                CASE WHEN j.id = $2 THEN 'served by the fast lane' ELSE 'served in a batch' END)
+     FROM unnest($1::text[] || $2::text) AS t(id)
+     WHERE j.id = t.id";
 
 /// Marks jobs Done on the transaction that did their work: `batched` were served by
 /// another job's batch, `own` is the fast lane's own job.
@@ -102,16 +126,11 @@ pub async fn mark_done(
     if batched.is_empty() && own.is_none() {
         return Ok(());
     }
-    sqlx::query(
-        "UPDATE apalis.jobs SET status = 'Done', done_at = now(), attempts = attempts + 1,
-                last_result = jsonb_build_object('Ok',
-                    CASE WHEN id = $2 THEN 'served by the fast lane' ELSE 'served in a batch' END)
-         WHERE id = ANY($1) OR id = $2",
-    )
-    .bind(batched)
-    .bind(own)
-    .execute(conn)
-    .await?;
+    sqlx::query(MARK_DONE)
+        .bind(batched)
+        .bind(own)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

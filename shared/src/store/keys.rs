@@ -46,6 +46,15 @@ pub struct NewKey {
     pub sealed: Sealed,
 }
 
+pub const INSERT: &str =
+    "INSERT INTO keys (id, pool_id, ciphertext, nonce, enc_key_id, fingerprint, upload_batch_id)
+         SELECT r.id, $6, r.ciphertext, r.nonce, r.enc_key_id, r.fingerprint, $7
+         FROM UNNEST($1::uuid[], $2::bytea[], $3::bytea[], $4::text[], $5::bytea[])
+              AS r (id, ciphertext, nonce, enc_key_id, fingerprint)
+         ORDER BY r.fingerprint
+         ON CONFLICT (fingerprint) DO NOTHING
+         RETURNING fingerprint";
+
 /// Inserts `rows` into pool `pool_id` (AVAILABLE), skipping fingerprints that exist, and
 /// returns the fingerprints it stored. Rows should come sorted by fingerprint: concurrent
 /// uploads then take their unique-index locks in the same order and cannot deadlock.
@@ -60,26 +69,21 @@ pub async fn insert(
     let nonces: Vec<&[u8]> = rows.iter().map(|r| &r.sealed.nonce[..]).collect();
     let enc_key_ids: Vec<&str> = rows.iter().map(|r| r.sealed.enc_key_id.as_str()).collect();
     let fingerprints: Vec<&[u8]> = rows.iter().map(|r| &r.fingerprint[..]).collect();
-    let stored: Vec<Vec<u8>> = sqlx::query_scalar(
-        "INSERT INTO keys (id, pool_id, ciphertext, nonce, enc_key_id, fingerprint, upload_batch_id)
-         SELECT r.id, $6, r.ciphertext, r.nonce, r.enc_key_id, r.fingerprint, $7
-         FROM UNNEST($1::uuid[], $2::bytea[], $3::bytea[], $4::text[], $5::bytea[])
-              AS r (id, ciphertext, nonce, enc_key_id, fingerprint)
-         ORDER BY r.fingerprint
-         ON CONFLICT (fingerprint) DO NOTHING
-         RETURNING fingerprint",
-    )
-    .bind(ids)
-    .bind(ciphertexts)
-    .bind(nonces)
-    .bind(enc_key_ids)
-    .bind(fingerprints)
-    .bind(pool_id)
-    .bind(upload_id)
-    .fetch_all(conn)
-    .await?;
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar(INSERT)
+        .bind(ids)
+        .bind(ciphertexts)
+        .bind(nonces)
+        .bind(enc_key_ids)
+        .bind(fingerprints)
+        .bind(pool_id)
+        .bind(upload_id)
+        .fetch_all(conn)
+        .await?;
     Ok(to_fingerprints(stored))
 }
+
+pub const STORED_BY_UPLOAD: &str = "SELECT k.fingerprint FROM unnest($1::bytea[]) AS t(fingerprint)
+     JOIN keys k ON k.fingerprint = t.fingerprint WHERE k.upload_batch_id = $2";
 
 /// Which of `fingerprints` were stored by upload `upload_id`.
 pub async fn stored_by_upload(
@@ -90,13 +94,11 @@ pub async fn stored_by_upload(
     if fingerprints.is_empty() {
         return Ok(HashSet::new());
     }
-    let ours: Vec<Vec<u8>> = sqlx::query_scalar(
-        "SELECT fingerprint FROM keys WHERE fingerprint = ANY($1) AND upload_batch_id = $2",
-    )
-    .bind(fingerprints)
-    .bind(upload_id)
-    .fetch_all(conn)
-    .await?;
+    let ours: Vec<Vec<u8>> = sqlx::query_scalar(STORED_BY_UPLOAD)
+        .bind(fingerprints)
+        .bind(upload_id)
+        .fetch_all(conn)
+        .await?;
     Ok(to_fingerprints(ours))
 }
 
@@ -106,9 +108,24 @@ fn to_fingerprints(rows: Vec<Vec<u8>>) -> HashSet<[u8; 32]> {
         .collect()
 }
 
-/// Up to `fetch` keys of the pool after `after`, in (created_at, id) order. The first page
-/// is a separate statement so the keyset condition is always a plain range on
-/// keys_pool_list_idx, never an OR the planner cannot use.
+pub const PAGE: &str = concat!(
+    "SELECT ",
+    key_meta_columns!(),
+    " FROM keys WHERE pool_id = $1 AND (created_at, id) > ($2, $3)
+      ORDER BY created_at, id LIMIT $4"
+);
+
+pub const PAGE_IN_STATUS: &str = concat!(
+    "SELECT ",
+    key_meta_columns!(),
+    " FROM keys WHERE pool_id = $1 AND status = $2 AND (created_at, id) > ($3, $4)
+      ORDER BY created_at, id LIMIT $5"
+);
+
+/// Up to `fetch` keys of the pool after `after` (from the start when None), in
+/// (created_at, id) order, optionally in one status. Each form is a plain range on one
+/// index (keys_pool_list_idx, keys_pool_status_idx); the first page starts at the
+/// smallest position rather than being an OR the planner cannot use.
 pub async fn page(
     conn: &mut PgConnection,
     pool_id: Uuid,
@@ -116,38 +133,37 @@ pub async fn page(
     after: Option<After>,
     fetch: i64,
 ) -> Result<Vec<KeyMeta>, sqlx::Error> {
-    match after {
+    let after = after.unwrap_or(After::START);
+    match status {
         None => {
-            sqlx::query_as(concat!(
-                "SELECT ",
-                key_meta_columns!(),
-                " FROM keys WHERE pool_id = $1 AND ($2::text IS NULL OR status = $2)
-                 ORDER BY created_at, id LIMIT $3"
-            ))
-            .bind(pool_id)
-            .bind(status)
-            .bind(fetch)
-            .fetch_all(conn)
-            .await
+            sqlx::query_as(PAGE)
+                .bind(pool_id)
+                .bind(after.created_at)
+                .bind(after.id)
+                .bind(fetch)
+                .fetch_all(conn)
+                .await
         }
-        Some(a) => {
-            sqlx::query_as(concat!(
-                "SELECT ",
-                key_meta_columns!(),
-                " FROM keys WHERE pool_id = $1 AND ($2::text IS NULL OR status = $2)
-                   AND (created_at, id) > ($3, $4)
-                 ORDER BY created_at, id LIMIT $5"
-            ))
-            .bind(pool_id)
-            .bind(status)
-            .bind(a.created_at)
-            .bind(a.id)
-            .bind(fetch)
-            .fetch_all(conn)
-            .await
+        Some(status) => {
+            sqlx::query_as(PAGE_IN_STATUS)
+                .bind(pool_id)
+                .bind(status)
+                .bind(after.created_at)
+                .bind(after.id)
+                .bind(fetch)
+                .fetch_all(conn)
+                .await
         }
     }
 }
+
+pub const LOCK_IN_SELLERS_POOL: &str =
+    "SELECT k.id, k.status, k.created_at, k.reserved_at, k.delivered_at, k.invalidated_at,
+            k.order_id
+     FROM keys k
+     WHERE k.id = $1 AND k.pool_id = $2
+       AND EXISTS (SELECT 1 FROM key_pools p WHERE p.id = $2 AND p.seller_id = $3)
+     FOR UPDATE OF k";
 
 /// Key `key_id`, row-locked, if it is in pool `pool_id` of `seller_id`; nothing is locked
 /// otherwise (a caller never holds a row it may not see).
@@ -157,19 +173,12 @@ pub async fn lock_in_sellers_pool(
     pool_id: Uuid,
     key_id: Uuid,
 ) -> Result<Option<KeyMeta>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT k.id, k.status, k.created_at, k.reserved_at, k.delivered_at, k.invalidated_at,
-                k.order_id
-         FROM keys k
-         WHERE k.id = $1 AND k.pool_id = $2
-           AND EXISTS (SELECT 1 FROM key_pools p WHERE p.id = $2 AND p.seller_id = $3)
-         FOR UPDATE OF k",
-    )
-    .bind(key_id)
-    .bind(pool_id)
-    .bind(seller_id)
-    .fetch_optional(conn)
-    .await
+    sqlx::query_as(LOCK_IN_SELLERS_POOL)
+        .bind(key_id)
+        .bind(pool_id)
+        .bind(seller_id)
+        .fetch_optional(conn)
+        .await
 }
 
 /// A sealed key with the ids its ciphertext is bound to.

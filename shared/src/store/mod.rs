@@ -27,3 +27,38 @@ pub struct After {
     pub created_at: DateTime<Utc>,
     pub id: Uuid,
 }
+
+impl After {
+    /// Before every row (ascending lists start here). Within PostgreSQL's timestamp range,
+    /// unlike chrono's own extremes.
+    pub const START: After = After {
+        created_at: DateTime::<Utc>::UNIX_EPOCH,
+        id: Uuid::nil(),
+    };
+    /// After every row (descending lists start here): 9999-12-31T23:59:59Z.
+    pub const END: After = After {
+        created_at: match DateTime::<Utc>::from_timestamp(253_402_300_799, 0) {
+            Some(t) => t,
+            None => DateTime::<Utc>::UNIX_EPOCH,
+        },
+        id: Uuid::max(),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_bounds_are_within_postgres_range() {
+        assert_eq!(
+            After::START.created_at.to_rfc3339(),
+            "1970-01-01T00:00:00+00:00"
+        );
+        assert_eq!(
+            After::END.created_at.to_rfc3339(),
+            "9999-12-31T23:59:59+00:00"
+        );
+        assert!(After::START.id < After::END.id);
+    }
+}

@@ -160,21 +160,23 @@ pub struct OfferForOrder {
     pub sellable: i64,
 }
 
+pub const FOR_ORDER: &str = concat!(
+    "SELECT o.id, o.price_cents, o.currency, o.delivery_type, o.key_pool_id, o.status,
+                CASE WHEN o.delivery_type = 'AUTO_KEY'
+                     THEN coalesce((SELECT ",
+    sellable_of_pool_p!(),
+    " FROM key_pools p WHERE p.id = o.key_pool_id), 0)
+                     ELSE coalesce(o.stock_count, 0)::bigint END AS sellable
+         FROM offers o WHERE o.id = $1"
+);
+
 /// The offer and how much of it can be sold, in one query (two primary-key lookups).
 pub async fn for_order(
     conn: &mut PgConnection,
     offer_id: Uuid,
 ) -> Result<Option<OfferForOrder>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "SELECT o.id, o.price_cents, o.currency, o.delivery_type, o.key_pool_id, o.status,
-                CASE WHEN o.delivery_type = 'AUTO_KEY'
-                     THEN coalesce((SELECT ",
-        sellable_of_pool_p!(),
-        " FROM key_pools p WHERE p.id = o.key_pool_id), 0)
-                     ELSE coalesce(o.stock_count, 0)::bigint END AS sellable
-         FROM offers o WHERE o.id = $1"
-    ))
-    .bind(offer_id)
-    .fetch_optional(conn)
-    .await
+    sqlx::query_as(FOR_ORDER)
+        .bind(offer_id)
+        .fetch_optional(conn)
+        .await
 }

@@ -70,33 +70,55 @@ pub struct NewOrder {
     pub currency: String,
 }
 
-pub async fn insert(conn: &mut PgConnection, new: &NewOrder) -> Result<OrderRow, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "INSERT INTO orders (id, buyer_id, offer_id, pool_id, quantity, amount_cents, currency)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING ",
-        order_columns!()
-    ))
-    .bind(Uuid::now_v7())
-    .bind(new.buyer_id)
-    .bind(new.offer_id)
-    .bind(new.pool_id)
-    .bind(new.quantity)
-    .bind(new.amount_cents)
-    .bind(&new.currency)
-    .fetch_one(conn)
-    .await
+pub const INSERT: &str = concat!(
+    "INSERT INTO orders (id, buyer_id, offer_id, pool_id, quantity, amount_cents, currency)
+     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int4[],
+                          $6::int8[], $7::text[])
+     RETURNING ",
+    order_columns!()
+);
+
+/// Inserts new PENDING orders in one statement, returning them in the order given.
+pub async fn insert_many(
+    conn: &mut PgConnection,
+    new: &[NewOrder],
+) -> Result<Vec<OrderRow>, sqlx::Error> {
+    let ids: Vec<Uuid> = new.iter().map(|_| Uuid::now_v7()).collect();
+    let mut rows: Vec<OrderRow> = sqlx::query_as(INSERT)
+        .bind(&ids)
+        .bind(new.iter().map(|n| n.buyer_id).collect::<Vec<_>>())
+        .bind(new.iter().map(|n| n.offer_id).collect::<Vec<_>>())
+        .bind(new.iter().map(|n| n.pool_id).collect::<Vec<_>>())
+        .bind(new.iter().map(|n| n.quantity).collect::<Vec<_>>())
+        .bind(new.iter().map(|n| n.amount_cents).collect::<Vec<_>>())
+        .bind(new.iter().map(|n| n.currency.as_str()).collect::<Vec<_>>())
+        .fetch_all(conn)
+        .await?;
+    // RETURNING gives no order guarantee; the ids do.
+    let position: std::collections::HashMap<Uuid, usize> =
+        ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    rows.sort_by_key(|r| position[&r.id]);
+    Ok(rows)
 }
 
-pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        order_columns!(),
-        " FROM orders WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(conn)
-    .await
+pub async fn insert(conn: &mut PgConnection, new: &NewOrder) -> Result<OrderRow, sqlx::Error> {
+    insert_many(conn, std::slice::from_ref(new))
+        .await?
+        .pop()
+        .ok_or(sqlx::Error::RowNotFound)
 }
+
+pub const FIND: &str = concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1");
+
+pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
+    sqlx::query_as(FIND).bind(id).fetch_optional(conn).await
+}
+
+pub const FIND_VISIBLE: &str = concat!(
+    "SELECT ",
+    order_columns!(),
+    " FROM orders WHERE id = $1 AND ($2::uuid IS NULL OR buyer_id = $2)"
+);
 
 /// The order if `viewer` may see it.
 pub async fn find_visible(
@@ -104,16 +126,18 @@ pub async fn find_visible(
     id: Uuid,
     viewer: Viewer,
 ) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        order_columns!(),
-        " FROM orders WHERE id = $1 AND ($2::uuid IS NULL OR buyer_id = $2)"
-    ))
-    .bind(id)
-    .bind(viewer.buyer())
-    .fetch_optional(conn)
-    .await
+    sqlx::query_as(FIND_VISIBLE)
+        .bind(id)
+        .bind(viewer.buyer())
+        .fetch_optional(conn)
+        .await
 }
+
+pub const LOCK_VISIBLE: &str = concat!(
+    "SELECT ",
+    order_columns!(),
+    " FROM orders WHERE id = $1 AND ($2::uuid IS NULL OR buyer_id = $2) FOR UPDATE"
+);
 
 /// The order, row-locked for a state change, if `viewer` may see it (nothing is locked
 /// otherwise).
@@ -122,29 +146,46 @@ pub async fn lock_visible(
     id: Uuid,
     viewer: Viewer,
 ) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        order_columns!(),
-        " FROM orders WHERE id = $1 AND ($2::uuid IS NULL OR buyer_id = $2) FOR UPDATE"
-    ))
-    .bind(id)
-    .bind(viewer.buyer())
-    .fetch_optional(conn)
-    .await
+    sqlx::query_as(LOCK_VISIBLE)
+        .bind(id)
+        .bind(viewer.buyer())
+        .fetch_optional(conn)
+        .await
 }
+
+pub const LOCK: &str = concat!(
+    "SELECT ",
+    order_columns!(),
+    " FROM orders WHERE id = $1 FOR UPDATE"
+);
 
 /// The row locked for a payment arriving from the provider (no viewer: the webhook's
 /// signature is its authority).
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        order_columns!(),
-        " FROM orders WHERE id = $1 FOR UPDATE"
-    ))
-    .bind(id)
-    .fetch_optional(conn)
-    .await
+    sqlx::query_as(LOCK).bind(id).fetch_optional(conn).await
 }
+
+pub const READ: &str = concat!(
+        "WITH o AS (SELECT ",
+        order_columns!(),
+        " FROM orders WHERE id = $1 AND ($2::uuid IS NULL OR buyer_id = $2)),
+         k AS (SELECT k.id, k.pool_id, k.ciphertext, k.nonce, k.enc_key_id, k.created_at
+               FROM order_deliveries d JOIN keys k ON k.id = d.key_id
+               WHERE d.order_id = $1 AND EXISTS (SELECT 1 FROM o WHERE o.status = 'FULFILLED')),
+         a AS (INSERT INTO audit_log (actor_role, actor_subject, actor_token_id, action, order_id, details)
+               SELECT $3, $4, $5, 'order.keys_read', $1,
+                      jsonb_build_object('route', $6::text,
+                                         'keyIds', (SELECT jsonb_agg(id ORDER BY created_at, id) FROM k))
+               WHERE EXISTS (SELECT 1 FROM k)
+               RETURNING 1)
+         SELECT o.*,
+                (SELECT array_agg(id ORDER BY created_at, id) FROM k) AS key_ids,
+                (SELECT array_agg(pool_id ORDER BY created_at, id) FROM k) AS key_pools,
+                (SELECT array_agg(ciphertext ORDER BY created_at, id) FROM k) AS ciphertexts,
+                (SELECT array_agg(nonce ORDER BY created_at, id) FROM k) AS nonces,
+                (SELECT array_agg(enc_key_id ORDER BY created_at, id) FROM k) AS enc_key_ids
+         FROM o"
+    );
 
 /// An order as `viewer` reads it: with its delivered keys (sealed) when FULFILLED, and
 /// then an `order.keys_read` audit row written by the same statement, so the read and
@@ -166,35 +207,15 @@ pub async fn read(
         nonces: Option<Vec<Vec<u8>>>,
         enc_key_ids: Option<Vec<String>>,
     }
-    let row: Option<Row> = sqlx::query_as(concat!(
-        "WITH o AS (SELECT ",
-        order_columns!(),
-        " FROM orders WHERE id = $1 AND ($2::uuid IS NULL OR buyer_id = $2)),
-         k AS (SELECT k.id, k.pool_id, k.ciphertext, k.nonce, k.enc_key_id, k.created_at
-               FROM order_deliveries d JOIN keys k ON k.id = d.key_id
-               WHERE d.order_id = $1 AND EXISTS (SELECT 1 FROM o WHERE o.status = 'FULFILLED')),
-         a AS (INSERT INTO audit_log (actor_role, actor_subject, actor_token_id, action, order_id, details)
-               SELECT $3, $4, $5, 'order.keys_read', $1,
-                      jsonb_build_object('route', $6::text,
-                                         'keyIds', (SELECT jsonb_agg(id ORDER BY created_at, id) FROM k))
-               WHERE EXISTS (SELECT 1 FROM k)
-               RETURNING 1)
-         SELECT o.*,
-                (SELECT array_agg(id ORDER BY created_at, id) FROM k) AS key_ids,
-                (SELECT array_agg(pool_id ORDER BY created_at, id) FROM k) AS key_pools,
-                (SELECT array_agg(ciphertext ORDER BY created_at, id) FROM k) AS ciphertexts,
-                (SELECT array_agg(nonce ORDER BY created_at, id) FROM k) AS nonces,
-                (SELECT array_agg(enc_key_id ORDER BY created_at, id) FROM k) AS enc_key_ids
-         FROM o"
-    ))
-    .bind(id)
-    .bind(viewer.buyer())
-    .bind(actor.role)
-    .bind(actor.subject)
-    .bind(actor.token_id)
-    .bind(route)
-    .fetch_optional(conn)
-    .await?;
+    let row: Option<Row> = sqlx::query_as(READ)
+        .bind(id)
+        .bind(viewer.buyer())
+        .bind(actor.role)
+        .bind(actor.subject)
+        .bind(actor.token_id)
+        .bind(route)
+        .fetch_optional(conn)
+        .await?;
     let Some(row) = row else { return Ok(None) };
     let ids = row.key_ids.unwrap_or_default();
     let pools = row.key_pools.unwrap_or_default();
@@ -214,6 +235,14 @@ pub async fn read(
     Ok(Some((row.order, keys)))
 }
 
+pub const PAGE_FOR_BUYER: &str = concat!(
+    "SELECT ",
+    order_columns!(),
+    " FROM orders WHERE buyer_id = $1 AND ($2::text IS NULL OR status = $2)
+       AND (created_at, id) < ($3, $4)
+     ORDER BY created_at DESC, id DESC LIMIT $5"
+);
+
 /// Up to `fetch` of the buyer's orders before `after`, newest first.
 pub async fn page_for_buyer(
     conn: &mut PgConnection,
@@ -222,20 +251,14 @@ pub async fn page_for_buyer(
     after: Option<After>,
     fetch: i64,
 ) -> Result<Vec<OrderRow>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        order_columns!(),
-        " FROM orders WHERE buyer_id = $1 AND ($2::text IS NULL OR status = $2)
-           AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
-         ORDER BY created_at DESC, id DESC LIMIT $5"
-    ))
-    .bind(buyer_id)
-    .bind(status)
-    .bind(after.map(|a| a.created_at))
-    .bind(after.map(|a| a.id))
-    .bind(fetch)
-    .fetch_all(conn)
-    .await
+    sqlx::query_as(PAGE_FOR_BUYER)
+        .bind(buyer_id)
+        .bind(status)
+        .bind(after.unwrap_or(After::END).created_at)
+        .bind(after.unwrap_or(After::END).id)
+        .bind(fetch)
+        .fetch_all(conn)
+        .await
 }
 
 /// Up to `limit` PAID orders paid before `cutoff` (the sweeper checks they have a job).

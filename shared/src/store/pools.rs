@@ -79,21 +79,23 @@ pub async fn list_for_seller(
     .await
 }
 
+pub const FIND_FOR_SELLER: &str = concat!(
+    "SELECT ",
+    pool_columns!(),
+    " FROM key_pools WHERE id = $1 AND seller_id = $2"
+);
+
 /// Pool `pool_id` if `seller_id` owns it (someone else's pool is as missing as a missing one).
 pub async fn find_for_seller(
     conn: &mut PgConnection,
     seller_id: Uuid,
     pool_id: Uuid,
 ) -> Result<Option<Pool>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        pool_columns!(),
-        " FROM key_pools WHERE id = $1 AND seller_id = $2"
-    ))
-    .bind(pool_id)
-    .bind(seller_id)
-    .fetch_optional(conn)
-    .await
+    sqlx::query_as(FIND_FOR_SELLER)
+        .bind(pool_id)
+        .bind(seller_id)
+        .fetch_optional(conn)
+        .await
 }
 
 /// Whether `seller_id` owns pool `pool_id`.
@@ -109,16 +111,18 @@ pub async fn owned_by(
         .await
 }
 
+pub const SELLABLE: &str = concat!(
+    "SELECT ",
+    sellable_of_pool_p!(),
+    " FROM key_pools p WHERE p.id = $1"
+);
+
 /// Keys of the pool that can still be sold (0 for an unknown pool).
 pub async fn sellable(conn: &mut PgConnection, pool_id: Uuid) -> Result<i64, sqlx::Error> {
-    let n: Option<i64> = sqlx::query_scalar(concat!(
-        "SELECT ",
-        sellable_of_pool_p!(),
-        " FROM key_pools p WHERE p.id = $1"
-    ))
-    .bind(pool_id)
-    .fetch_optional(conn)
-    .await?;
+    let n: Option<i64> = sqlx::query_scalar(SELLABLE)
+        .bind(pool_id)
+        .fetch_optional(conn)
+        .await?;
     Ok(n.unwrap_or(0))
 }
 

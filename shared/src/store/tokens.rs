@@ -103,6 +103,9 @@ pub async fn revoke_token(conn: &mut PgConnection, id: Uuid) -> Result<bool, sql
     Ok(revoked == 1)
 }
 
+pub const AUTHENTICATE: &str =
+    "SELECT id, role, subject_id FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL";
+
 /// Looks a presented token up by its hash; None when unknown or revoked.
 pub async fn authenticate(
     conn: &mut PgConnection,
@@ -111,12 +114,10 @@ pub async fn authenticate(
     if !token.starts_with(TOKEN_PREFIX) || token.len() > 128 {
         return Ok(None);
     }
-    let row: Option<(Uuid, Role, Option<Uuid>)> = sqlx::query_as(
-        "SELECT id, role, subject_id FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
-    )
-    .bind(&hash_token(token)[..])
-    .fetch_optional(conn)
-    .await?;
+    let row: Option<(Uuid, Role, Option<Uuid>)> = sqlx::query_as(AUTHENTICATE)
+        .bind(&hash_token(token)[..])
+        .fetch_optional(conn)
+        .await?;
     Ok(row.map(|(token_id, role, subject)| Principal {
         token_id,
         role,

@@ -261,10 +261,12 @@ pub const WRITE: &str = "WITH dk AS (SELECT * FROM unnest($1::uuid[], $2::uuid[]
             RETURNING 1),
      kr AS (UPDATE keys k SET status = 'RESERVED', order_id = rk.order_id, reserved_at = now()
             FROM rk WHERE k.id = rk.key_id AND k.status = 'AVAILABLE' RETURNING 1),
-     f AS (UPDATE orders SET status = 'FULFILLED', fulfilled_at = now()
-           WHERE id = ANY($5) AND status = 'PAID' RETURNING id),
-     b AS (UPDATE orders SET backordered_at = now()
-           WHERE id = ANY($6) AND status = 'PAID' AND backordered_at IS NULL RETURNING 1)
+     f AS (UPDATE orders o SET status = 'FULFILLED', fulfilled_at = now()
+           FROM unnest($5::uuid[]) AS t(id) WHERE o.id = t.id AND o.status = 'PAID'
+           RETURNING o.id),
+     b AS (UPDATE orders o SET backordered_at = now()
+           FROM unnest($6::uuid[]) AS t(id)
+           WHERE o.id = t.id AND o.status = 'PAID' AND o.backordered_at IS NULL RETURNING 1)
      SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM kd), (SELECT count(*) FROM kr),
             (SELECT count(*) FROM f),
             (SELECT count(*) FROM (SELECT pg_notify($7, id::text) FROM f) n)";

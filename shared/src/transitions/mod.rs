@@ -25,6 +25,34 @@ use crate::{
     store::{keys::KeyMeta, orders::OrderRow},
 };
 
+pub const PAY: &str =
+    "UPDATE orders o SET status = 'PAID', paid_at = now(), payment_id = t.payment_id
+     FROM unnest($1::uuid[], $2::text[]) AS t(id, payment_id)
+     WHERE o.id = t.id AND o.status = 'PENDING'
+     RETURNING o.id, o.paid_at";
+
+/// PENDING -> PAID for several orders at once, each with its fulfillment job, on the same
+/// transaction (one statement each). Returns the orders that moved, with their `paid_at`;
+/// orders not PENDING are left unchanged.
+pub async fn pay_many(
+    conn: &mut PgConnection,
+    payments: &[(Uuid, Option<&str>)],
+) -> Result<Vec<(Uuid, DateTime<Utc>)>, CoreError> {
+    let ids: Vec<Uuid> = payments.iter().map(|p| p.0).collect();
+    let payment_ids: Vec<Option<&str>> = payments.iter().map(|p| p.1).collect();
+    let paid: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(PAY)
+        .bind(&ids)
+        .bind(&payment_ids)
+        .fetch_all(&mut *conn)
+        .await?;
+    let jobs: Vec<FulfillOrder> = paid
+        .iter()
+        .map(|&(order_id, _)| FulfillOrder { order_id })
+        .collect();
+    queue::enqueue_many(conn, &jobs).await?;
+    Ok(paid)
+}
+
 /// PENDING -> PAID, and the order's fulfillment job, on the same transaction: a paid order
 /// always has a job (one per order, a database fact). Returns the new `paid_at`, or None
 /// (and changes nothing) when the order is not PENDING.
@@ -33,19 +61,19 @@ pub async fn pay(
     order_id: Uuid,
     payment_id: Option<&str>,
 ) -> Result<Option<DateTime<Utc>>, CoreError> {
-    let paid_at: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "UPDATE orders SET status = 'PAID', paid_at = now(), payment_id = $2
-         WHERE id = $1 AND status = 'PENDING' RETURNING paid_at",
-    )
-    .bind(order_id)
-    .bind(payment_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if paid_at.is_some() {
-        queue::enqueue(conn, &FulfillOrder { order_id }).await?;
-    }
-    Ok(paid_at)
+    let paid = pay_many(conn, &[(order_id, payment_id)]).await?;
+    Ok(paid.first().map(|p| p.1))
 }
+
+pub const RELEASE_RESERVED: &str =
+    "UPDATE keys SET status = 'AVAILABLE', order_id = NULL, reserved_at = NULL
+         WHERE order_id = $1 AND status = 'RESERVED'";
+
+pub const CANCEL: &str = concat!(
+    "UPDATE orders SET status = 'CANCELED', canceled_at = now()
+         WHERE id = $1 AND status IN ('PENDING', 'PAID') RETURNING ",
+    crate::order_columns!()
+);
 
 /// PENDING or PAID -> CANCELED for an order the caller has locked (the caller refuses
 /// other statuses). Keys reserved for it return to AVAILABLE, and when some did, its pool
@@ -55,22 +83,15 @@ pub async fn cancel(
     conn: &mut PgConnection,
     order: &OrderRow,
 ) -> Result<(OrderRow, u64), CoreError> {
-    let released = sqlx::query(
-        "UPDATE keys SET status = 'AVAILABLE', order_id = NULL, reserved_at = NULL
-         WHERE order_id = $1 AND status = 'RESERVED'",
-    )
-    .bind(order.id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    let canceled: Option<OrderRow> = sqlx::query_as(concat!(
-        "UPDATE orders SET status = 'CANCELED', canceled_at = now()
-         WHERE id = $1 AND status IN ('PENDING', 'PAID') RETURNING ",
-        crate::order_columns!()
-    ))
-    .bind(order.id)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let released = sqlx::query(RELEASE_RESERVED)
+        .bind(order.id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    let canceled: Option<OrderRow> = sqlx::query_as(CANCEL)
+        .bind(order.id)
+        .fetch_optional(&mut *conn)
+        .await?;
     let canceled = canceled.ok_or_else(|| {
         CoreError::invariant(format!(
             "order {} was not PENDING or PAID when canceled",
