@@ -31,8 +31,10 @@ if [ "${FAULTS_NO_BUILD:-}" != 1 ]; then
 fi
 
 if ! bin=$(pg_bin); then
-  echo "PostgreSQL server binaries (initdb, pg_ctl) are not installed" >&2
-  exit 1
+  log "PostgreSQL is not installed: installing Debian's postgresql (for initdb and pg_ctl)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+  bin=$(pg_bin) || { echo "PostgreSQL installation failed" >&2; exit 1; }
 fi
 
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/autokey-faults.XXXXXX")

@@ -284,3 +284,22 @@ pub async fn probe(
         Err(_) => (None, Value::Null, started.elapsed()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signs_like_standard_webhooks() {
+        // HMAC-SHA256 over "{id}.{timestamp}.{body}", computed independently.
+        assert_eq!(
+            sign(
+                b"0123456789abcdef0123456789abcdef",
+                "msg_1",
+                1000,
+                br#"{"a":1}"#
+            ),
+            "v1,0QgjnexIZbd1fJE4RSo4hQe92oQ6x8oDrEeFu6/Dbb4="
+        );
+    }
+}

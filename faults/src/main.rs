@@ -334,7 +334,9 @@ async fn run(args: Args) -> Res<i32> {
     let total_time = load_started.elapsed();
 
     // ---- checks
+    let checks_started = Instant::now();
     let mut verdict = check::verify(&ctx, &db, &ledger, args.api_verify_max).await?;
+    let checks_time = checks_started.elapsed();
     let record = &nemesis.record;
     let mut violations: Vec<String> = record.violations.clone();
     if let Some(e) = client_error {
@@ -361,10 +363,11 @@ async fn run(args: Args) -> Res<i32> {
         println!("faults: {n}");
     }
     println!(
-        "faults: timing: load {}, quiescence {}, total {}; {} orders placed ({:.0}/s over the total), {} keys uploaded in {} uploads",
+        "faults: timing: load {}, quiescence {}, total {} (then checks {}); {} orders placed ({:.0}/s over the total), {} keys uploaded in {} uploads",
         secs(load_time),
         secs(quiet_time),
         secs(total_time),
+        secs(checks_time),
         ledger.len(),
         ledger.len() as f64 / total_time.as_secs_f64(),
         ctx.uploaded

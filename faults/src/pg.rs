@@ -106,3 +106,21 @@ pub async fn create_database(server_url: &str, db: &str, api_role: &str) -> Res<
     admin.close().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_another_database_and_user() {
+        let server = "postgres://postgres@127.0.0.1:54339/postgres";
+        assert_eq!(
+            url_for(server, "autokey_faults", None).unwrap(),
+            "postgres://postgres@127.0.0.1:54339/autokey_faults"
+        );
+        assert_eq!(
+            url_for(server, "autokey_faults", Some("autokey_api")).unwrap(),
+            "postgres://autokey_api@127.0.0.1:54339/autokey_faults"
+        );
+    }
+}
