@@ -64,6 +64,14 @@ pub struct Verdict {
     pub lost: u64,
     pub violations: Vec<String>,
     pub api_verified: usize,
+    /// Orders that waited for keys at some point (backorders), and jobs that ran more
+    /// than once (after a failure, or taken over from a killed worker).
+    pub ever_backordered: i64,
+    pub jobs: i64,
+    pub jobs_rerun: i64,
+    /// Finished jobs by who finished them: the fast lane, another job's batch, the queue's
+    /// workers (the fallback: a lane that was killed, failed, or did not take the job).
+    pub done_by: (i64, i64, i64),
 }
 
 impl Verdict {
@@ -473,6 +481,25 @@ pub async fn verify(
             "{orphans} paid orders have no fulfillment job (orphaned)"
         ));
     }
+
+    (v.ever_backordered, v.jobs, v.jobs_rerun) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM orders WHERE backordered_at IS NOT NULL),
+                (SELECT count(*) FROM apalis.jobs WHERE job_type IN ('autokey::fulfill_order', 'autokey::replenish_pool')),
+                (SELECT count(*) FROM apalis.jobs WHERE job_type IN ('autokey::fulfill_order', 'autokey::replenish_pool')
+                   AND attempts > 1)",
+    )
+    .fetch_one(db)
+    .await?;
+    v.done_by = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE last_result->>'Ok' = 'served by the fast lane'),
+                count(*) FILTER (WHERE last_result->>'Ok' = 'served in a batch'),
+                count(*) FILTER (WHERE last_result->>'Ok' IS DISTINCT FROM 'served by the fast lane'
+                                   AND last_result->>'Ok' IS DISTINCT FROM 'served in a batch')
+         FROM apalis.jobs
+         WHERE job_type IN ('autokey::fulfill_order', 'autokey::replenish_pool') AND status = 'Done'",
+    )
+    .fetch_one(db)
+    .await?;
 
     // ---- through the API: the keys of fulfilled orders (all, or a sample)
     let mut sample: Vec<&OrderRec> = fulfilled_ids;

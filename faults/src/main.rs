@@ -393,6 +393,15 @@ async fn run(args: Args) -> Res<i32> {
         record.terminated_connections,
         verdict.api_verified,
     );
+    println!(
+        "faults: work: {} orders backordered at some point; {} jobs, done by the fast lane {}, in another job's batch {}, by the queue's workers {}; {} run more than once",
+        verdict.ever_backordered,
+        verdict.jobs,
+        verdict.done_by.0,
+        verdict.done_by.1,
+        verdict.done_by.2,
+        verdict.jobs_rerun
+    );
     for v in &violations {
         println!("faults: VIOLATION: {v}");
     }
