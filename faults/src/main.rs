@@ -116,6 +116,13 @@ async fn main() {
     std::process::exit(code);
 }
 
+/// The machine's load average (the run shares its cores with whatever else runs).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
@@ -237,6 +244,7 @@ async fn run(args: Args) -> Res<i32> {
     );
 
     // ---- the load, and the faults
+    let load_at_start = loadavg();
     let load_started = Instant::now();
     let mut clients = tokio::task::JoinSet::new();
     let scarce_clients = if args.scarce_pools > 0 { 2 } else { 0 };
@@ -315,6 +323,7 @@ async fn run(args: Args) -> Res<i32> {
     }
     ctx.stop.store(true, Ordering::Relaxed);
     let load_time = load_started.elapsed();
+    let load_at_end = loadavg();
     if let Err(e) = restocker.await? {
         client_error.get_or_insert(e.to_string());
     }
@@ -392,6 +401,12 @@ async fn run(args: Args) -> Res<i32> {
         ctx.out_of_stock.load(Ordering::Relaxed),
         record.terminated_connections,
         verdict.api_verified,
+    );
+    println!(
+        "faults: machine: {} cpus; load average (1, 5, 15 min) {load_at_start} when the load started, {load_at_end} when it ended",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
     );
     println!(
         "faults: work: {} orders backordered at some point; {} jobs, done by the fast lane {}, in another job's batch {}, by the queue's workers {}; {} run more than once",
