@@ -565,13 +565,13 @@ pub async fn verify(
                 )),
                 None => v.violation(format!("order {} got a key nobody uploaded", o.id)),
             }
-            if let Some(other) = owner.insert(plain.clone(), o.id) {
-                if other != o.id {
-                    v.duplicate(
-                        1,
-                        format!("one key was delivered to orders {other} and {}", o.id),
-                    );
-                }
+            if let Some(other) = owner.insert(plain.clone(), o.id)
+                && other != o.id
+            {
+                v.duplicate(
+                    1,
+                    format!("one key was delivered to orders {other} and {}", o.id),
+                );
             }
         }
         if let Some(seen) = &o.seen_keys {

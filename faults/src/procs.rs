@@ -183,10 +183,9 @@ pub async fn wait_ready(
             .timeout(Duration::from_secs(2))
             .send()
             .await
+            && r.status().is_success()
         {
-            if r.status().is_success() {
-                return Ok(());
-            }
+            return Ok(());
         }
         if Instant::now() > deadline {
             return Err(format!("{} was not ready within {limit:?}", proc.name).into());
