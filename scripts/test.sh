@@ -22,3 +22,11 @@ cargo build --workspace --bins --locked
 log "running the test suite"
 # Tests mostly wait on the database, so run more of them at once than there are cores.
 cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-6}" "$@"
+
+# The fault suite (RELIABILITY.md): the release binaries under worker kills, a database
+# restart, terminated connections and a rolling api restart, on a private PostgreSQL
+# cluster of its own. FAULTS_SECONDS=0 skips it.
+if [ "${FAULTS_SECONDS:-60}" != 0 ]; then
+  log "fault suite (${FAULTS_SECONDS:-60} s)"
+  ./scripts/faults.sh "${FAULTS_SECONDS:-60}"
+fi

@@ -216,6 +216,35 @@ async fn wait_for_stop(mut rx: tokio::sync::watch::Receiver<bool>) -> Result<(),
     Ok(())
 }
 
+/// Runs a queue's apalis worker until shutdown. apalis ends a worker at the first error
+/// of its backend (a heartbeat or a fetch while the database restarts, a terminated
+/// connection), which would leave the process running without that queue; so it is
+/// started again, under a new identity, a second later. Jobs it was running are handed to
+/// live workers after the heartbeat timeout, as a dead process's are.
+async fn supervise<F, Fut>(
+    queue: &'static str,
+    stop: tokio::sync::watch::Receiver<bool>,
+    mut start: F,
+) -> Result<(), WorkerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), WorkerError>>,
+{
+    loop {
+        let result = start().await;
+        if *stop.borrow() {
+            return result;
+        }
+        let Err(err) = result else { return Ok(()) };
+        tracing::error!(queue, error = %err, "queue worker stopped on a backend error; starting it again in 1 s");
+        let mut stop = stop.clone();
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 /// Runs the fulfillment and replenishment workers and the maintenance loop until
 /// `shutdown` resolves; then stops taking jobs and lets running ones finish.
 pub async fn run(
@@ -230,18 +259,22 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = || wait_for_stop(stop_rx.clone());
 
-    let fulfill = WorkerBuilder::new(unique_name(&format!("{}-fulfill", config.name)))
-        .backend(storage::<FulfillOrder>(&pool, &config, !config.fast_lane))
-        .concurrency(config.concurrency.max(1))
-        .data(ctx.clone())
-        .build(handle_fulfill)
-        .run_until(stopped());
-    let replenish = WorkerBuilder::new(unique_name(&format!("{}-replenish", config.name)))
-        .backend(storage::<ReplenishPool>(&pool, &config, true))
-        .concurrency(2)
-        .data(ctx.clone())
-        .build(handle_replenish)
-        .run_until(stopped());
+    let fulfill = supervise(FulfillOrder::QUEUE, stop_rx.clone(), || {
+        WorkerBuilder::new(unique_name(&format!("{}-fulfill", config.name)))
+            .backend(storage::<FulfillOrder>(&pool, &config, !config.fast_lane))
+            .concurrency(config.concurrency.max(1))
+            .data(ctx.clone())
+            .build(handle_fulfill)
+            .run_until(stopped())
+    });
+    let replenish = supervise(ReplenishPool::QUEUE, stop_rx.clone(), || {
+        WorkerBuilder::new(unique_name(&format!("{}-replenish", config.name)))
+            .backend(storage::<ReplenishPool>(&pool, &config, true))
+            .concurrency(2)
+            .data(ctx.clone())
+            .build(handle_replenish)
+            .run_until(stopped())
+    });
     let maintenance = maintenance::run(pool.clone(), ctx.config.clone(), stopped());
     let fast_lane = {
         let (pool, config, stop) = (pool.clone(), ctx.config.clone(), stopped());
