@@ -12,7 +12,7 @@ use autokey_shared::{
 use clap::{Parser, Subcommand};
 use uuid::Uuid;
 
-use crate::{AppState, Settings, fulfillment_wait::FulfillmentWaiter};
+use crate::{AppState, Settings, auth::cache::TokenCache, fulfillment_wait::FulfillmentWaiter};
 
 #[derive(Parser)]
 #[command(
@@ -167,6 +167,7 @@ async fn serve() -> Result<(), String> {
         .map_err(|e| format!("cannot connect to the database (DATABASE_URL): {e}"))?;
     let state = AppState {
         waiter: FulfillmentWaiter::start(pool.clone()),
+        tokens: TokenCache::start(pool.clone()),
         pool,
         vault,
         settings: Arc::new(settings),

@@ -6,7 +6,7 @@ use autokey_shared::vault::Vault;
 use secrecy::SecretBox;
 use sqlx::PgPool;
 
-use crate::fulfillment_wait::FulfillmentWaiter;
+use crate::{auth::cache::TokenCache, fulfillment_wait::FulfillmentWaiter};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -14,6 +14,7 @@ pub struct AppState {
     pub vault: Arc<Vault>,
     pub settings: Arc<Settings>,
     pub waiter: FulfillmentWaiter,
+    pub tokens: TokenCache,
 }
 
 pub struct Settings {

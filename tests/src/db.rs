@@ -9,7 +9,7 @@ use uuid::Uuid;
 pub fn server_url() -> String {
     std::env::var("AUTOKEY_TEST_DATABASE_URL")
         .or_else(|_| std::env::var("DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".into())
 }
 
 fn options(db: &str) -> PgConnectOptions {
@@ -127,12 +127,16 @@ pub async fn empty_database() -> String {
     database_url(&name)
 }
 
-/// The URL of database `name` on the test server.
+/// The URL of database `name` on the test server (its query, `sslmode` say, kept).
 pub fn database_url(name: &str) -> String {
     let server = server_url();
-    let base = server
+    let (base, query) = match server.split_once('?') {
+        Some((b, q)) => (b.to_owned(), format!("?{q}")),
+        None => (server.clone(), String::new()),
+    };
+    let base = base
         .rsplit_once('/')
         .map(|(b, _)| b.to_owned())
-        .unwrap_or(server);
-    format!("{base}/{name}")
+        .unwrap_or(base);
+    format!("{base}/{name}{query}")
 }

@@ -5,7 +5,9 @@ pub mod db;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use autokey_api::{AppState, Settings, fulfillment_wait::FulfillmentWaiter};
+use autokey_api::{
+    AppState, Settings, auth::cache::TokenCache, fulfillment_wait::FulfillmentWaiter,
+};
 use autokey_shared::{model::Role, store::tokens, vault::Vault};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -22,6 +24,9 @@ pub struct TestApp {
     pub db_name: String,
     pub client: reqwest::Client,
     pub vault: Arc<Vault>,
+    /// The api's token cache (to wait until its revocation listener is connected).
+    pub tokens: TokenCache,
+    options: AppOptions,
     shutdown: watch::Sender<bool>,
 }
 
@@ -46,16 +51,37 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let (db_name, pool) = db::fresh_database().await;
     let vault = Arc::new(Vault::random());
+    let state = app_state(pool.clone(), vault.clone(), &options);
+    let tokens = state.tokens.clone();
+    let (addr, shutdown) = serve(state).await;
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        pool,
+        db_name,
+        client: reqwest::Client::new(),
+        vault,
+        tokens,
+        options,
+        shutdown,
+    }
+}
+
+fn app_state(pool: PgPool, vault: Arc<Vault>, options: &AppOptions) -> AppState {
     let settings = Settings {
         simulated_payments: options.simulated_payments,
         webhook_secret: Some(secrecy::SecretBox::new(Box::new(WEBHOOK_SECRET.to_vec()))),
     };
-    let state = AppState {
+    AppState {
         waiter: FulfillmentWaiter::start(pool.clone()),
-        pool: pool.clone(),
-        vault: vault.clone(),
+        tokens: TokenCache::start(pool.clone()),
+        pool,
+        vault,
         settings: Arc::new(settings),
-    };
+    }
+}
+
+async fn serve(state: AppState) -> (SocketAddr, watch::Sender<bool>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -64,14 +90,27 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     tokio::spawn(autokey_api::serve(listener, state, async move {
         let _ = rx.wait_for(|stop| *stop).await;
     }));
-    TestApp {
-        addr,
-        base: format!("http://{addr}"),
-        pool,
-        db_name,
-        client: reqwest::Client::new(),
-        vault,
-        shutdown,
+    (addr, shutdown)
+}
+
+impl TestApp {
+    /// Another api process on the same database: its own pool, token cache and listeners.
+    pub async fn another_api(&self) -> TestApp {
+        let pool = db::pool_for(&self.db_name, 10).await;
+        let state = app_state(pool.clone(), self.vault.clone(), &self.options);
+        let tokens = state.tokens.clone();
+        let (addr, shutdown) = serve(state).await;
+        TestApp {
+            addr,
+            base: format!("http://{addr}"),
+            pool,
+            db_name: self.db_name.clone(),
+            client: reqwest::Client::new(),
+            vault: self.vault.clone(),
+            tokens,
+            options: self.options.clone(),
+            shutdown,
+        }
     }
 }
 
@@ -104,6 +143,37 @@ impl TestApp {
             .await
             .unwrap();
         (t.token, t.subject)
+    }
+
+    /// Revokes a token as `autokey-api token revoke` does, and waits until this api
+    /// process has heard the announcement (it arrives asynchronously, within a millisecond;
+    /// the CLI's own exit takes longer — see the cli test for a revocation by the real
+    /// command reaching every process before its next request).
+    pub async fn revoke(&self, token_id: Uuid) {
+        let before = self.tokens.invalidations();
+        let mut conn = self.pool.acquire().await.unwrap();
+        assert!(tokens::revoke_token(&mut conn, token_id).await.unwrap());
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.tokens.is_live() && self.tokens.invalidations() == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the revocation was never heard"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Waits until the api serves authentications from memory (its revocation listener
+    /// is connected).
+    pub async fn until_token_cache_is_live(&self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !self.tokens.is_live() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the token cache never went live"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     pub async fn seller(&self) -> (String, Uuid) {

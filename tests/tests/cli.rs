@@ -220,3 +220,55 @@ async fn migrate_twice_then_tokens_then_a_worker_that_stops_on_sigterm() {
     };
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[tokio::test]
+async fn a_token_revoked_by_the_cli_is_refused_on_the_next_request_by_every_api_process() {
+    use autokey_shared::{model::Role, store::tokens};
+    use reqwest::{Method, StatusCode};
+    let app = autokey_tests::spawn_app().await;
+    let other = app.another_api().await;
+    app.until_token_cache_is_live().await;
+    other.until_token_cache_is_live().await;
+    let mut conn = app.pool.acquire().await.unwrap();
+    let revoked = tokens::create_token(&mut conn, Role::Seller, None)
+        .await
+        .unwrap();
+    let stale = tokens::create_token(&mut conn, Role::Seller, None)
+        .await
+        .unwrap();
+    for api in [&app, &other] {
+        for t in [&revoked.token, &stale.token] {
+            let r = api.call(Method::GET, "/me", Some(t), None).await;
+            assert_eq!(r.status, StatusCode::OK);
+        }
+    }
+    // Authentications are served from memory: a row changed behind the api's back (no
+    // announcement) is not seen...
+    sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE id = $1")
+        .bind(stale.id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    for api in [&app, &other] {
+        let r = api.call(Method::GET, "/me", Some(&stale.token), None).await;
+        assert_eq!(r.status, StatusCode::OK, "the cache was not used");
+    }
+    // ...while the operator's revocation reaches every process before its next request.
+    let url = db::database_url(&app.db_name);
+    let out = cmd("autokey-api", &[("DATABASE_URL", url.as_str())])
+        .args(["token", "revoke", &revoked.id.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for api in [&app, &other] {
+        let r = api
+            .call(Method::GET, "/me", Some(&revoked.token), None)
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(r.code(), "unauthorized");
+    }
+}

@@ -1,13 +1,11 @@
 //! Bearer-token authentication: the `Auth` extractor yields the caller's principal or
 //! rejects with 401 JSON.
 
+pub mod cache;
+
 use autokey_shared::{
     model::Role,
-    store::{
-        audit::Actor,
-        orders::Viewer,
-        tokens::{self, Principal},
-    },
+    store::{audit::Actor, orders::Viewer, tokens::Principal},
 };
 use axum::{extract::FromRequestParts, http::request::Parts};
 use uuid::Uuid;
@@ -30,8 +28,9 @@ impl FromRequestParts<AppState> for Auth {
             .or_else(|| header.strip_prefix("bearer "))
             .map(str::trim)
             .ok_or(ApiError::Unauthorized)?;
-        let mut conn = state.pool.acquire().await?;
-        let principal = tokens::authenticate(&mut conn, token)
+        let principal = state
+            .tokens
+            .authenticate(&state.pool, token)
             .await?
             .ok_or(ApiError::Unauthorized)?;
         Ok(Auth(principal))
