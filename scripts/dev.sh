@@ -35,12 +35,17 @@ else
     || server_sql "CREATE DATABASE autokey"
   if [ -n "${DATABASE_URL:-}" ]; then DB_URL="$DATABASE_URL"; else DB_URL="$(database_url autokey)"; fi
   log "writing .env with fresh secrets"
-  { echo "DATABASE_URL=$DB_URL"; echo "PORT=${PORT:-4000}"; "$BIN/autokey-api" keygen; } > .env
+  { echo "DATABASE_URL=$DB_URL"; echo "PORT=${PORT:-4000}"
+    echo "# Development only: POST /orders/:id/pay pays without a payment provider."
+    echo "SIMULATED_PAYMENTS=true"
+    "$BIN/autokey-api" keygen; } > .env
   chmod 600 .env
   set -a; source .env; set +a
 fi
 
 "$BIN/autokey-api" migrate 2>/dev/null
+# Development: simulated payments on unless the .env or the caller says otherwise.
+export SIMULATED_PAYMENTS="${SIMULATED_PAYMENTS:-true}"
 stop
 nohup "$BIN/autokey-api" serve >"$RUN/api.log" 2>&1 & echo $! >"$RUN/api.pid"
 nohup "$BIN/autokey-worker" >"$RUN/worker.log" 2>&1 & echo $! >"$RUN/worker.pid"

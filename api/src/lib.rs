@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod orders;
 pub mod pagination;
 pub mod routes;
+pub mod settings;
 pub mod state;
 pub mod webhook_signature;
 

@@ -1,7 +1,6 @@
-use clap::Parser;
-
 #[tokio::main]
 async fn main() {
-    let cli = autokey_api::cli::Cli::parse();
+    autokey_shared::config::load_dotenv();
+    let cli: autokey_api::cli::Cli = autokey_shared::config::parse_args();
     std::process::exit(autokey_api::cli::run(cli).await);
 }

@@ -6,7 +6,7 @@ use autokey_shared::vault::Vault;
 use secrecy::SecretBox;
 use sqlx::PgPool;
 
-use crate::{auth::cache::TokenCache, fulfillment_wait::FulfillmentWaiter};
+use crate::{auth::cache::TokenCache, fulfillment_wait::FulfillmentWaiter, settings::Limits};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -22,4 +22,7 @@ pub struct Settings {
     pub simulated_payments: bool,
     /// The decoded Standard Webhooks secret; webhooks are refused without one.
     pub webhook_secret: Option<SecretBox<Vec<u8>>>,
+    /// The token Prometheus presents to `GET /metrics` (METRICS_TOKEN).
+    pub metrics_token: Option<SecretBox<String>>,
+    pub limits: Limits,
 }

@@ -32,8 +32,59 @@ fn malformed(name: &'static str, why: impl Into<String>) -> ConfigError {
 }
 
 /// Loads `.env` from the working directory if present; real environment variables win.
+/// Call before parsing the command line: settings with an `env` are read by clap.
 pub fn load_dotenv() {
     let _ = dotenvy::dotenv();
+}
+
+/// Parses the command line and the settings clap reads from the environment. A malformed
+/// setting stops the process with the one line start-up promises (OPERATIONS.md), naming
+/// the variable; `--help`, `--version` and usage errors behave as clap's.
+pub fn parse_args<C: clap::Parser>() -> C {
+    C::try_parse().unwrap_or_else(|e| exit_on_bad_setting(&C::command(), e))
+}
+
+/// Parses the arguments `A` from the environment alone (their defaults otherwise), as
+/// when a command runs without its subcommand on the command line.
+pub fn args_from_env<A: clap::Args + clap::FromArgMatches>(name: &'static str) -> A {
+    let command = A::augment_args(clap::Command::new(name).no_binary_name(true));
+    command
+        .clone()
+        .try_get_matches_from(std::iter::empty::<String>())
+        .and_then(|m| A::from_arg_matches(&m))
+        .unwrap_or_else(|e| exit_on_bad_setting(&command, e))
+}
+
+fn exit_on_bad_setting(command: &clap::Command, err: clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        err.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        err.exit()
+    }
+    let arg = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    let name = env_of(command, &arg).unwrap_or(arg);
+    let why = std::error::Error::source(&err)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "not a valid value".to_owned());
+    eprintln!("configuration error: {name} is malformed: {why}");
+    std::process::exit(1)
+}
+
+/// The environment variable of the argument clap names `--long <VALUE>`, searching
+/// subcommands too.
+fn env_of(command: &clap::Command, shown: &str) -> Option<String> {
+    let long = shown.trim_start_matches("--").split([' ', '=']).next()?;
+    for arg in command.get_arguments() {
+        if arg.get_long() == Some(long) {
+            return arg.get_env().map(|e| e.to_string_lossy().into_owned());
+        }
+    }
+    command.get_subcommands().find_map(|c| env_of(c, shown))
 }
 
 pub struct DatabaseConfig {
@@ -92,8 +143,24 @@ pub fn vault_from_env() -> Result<Vault, ConfigError> {
                     "a key id is not 1-32 letters, digits, '-' or '_'",
                 ));
             }
+            if id == current_id {
+                // It would shadow the current key, or be shadowed by it: one of two keys
+                // named alike could never decrypt what it sealed.
+                return Err(malformed(
+                    "ENCRYPTION_KEYS_RETIRED",
+                    format!("key id {id} is also ENCRYPTION_KEY_ID; give the new key a new id"),
+                ));
+            }
             let key = parse_hex32("ENCRYPTION_KEYS_RETIRED", hex)?;
-            retired.insert(id.to_owned(), KeyMaterial::new(key));
+            if retired
+                .insert(id.to_owned(), KeyMaterial::new(key))
+                .is_some()
+            {
+                return Err(malformed(
+                    "ENCRYPTION_KEYS_RETIRED",
+                    format!("key id {id} is listed twice"),
+                ));
+            }
         }
     }
     let fingerprint = parse_hex32("FINGERPRINT_KEY", &required("FINGERPRINT_KEY")?)?;
@@ -111,32 +178,6 @@ fn valid_key_id(id: &str) -> bool {
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
-/// Reads a boolean setting; absent means `default`.
-pub fn bool_from_env(name: &'static str, default: bool) -> Result<bool, ConfigError> {
-    match var(name).as_deref().map(str::to_ascii_lowercase).as_deref() {
-        None => Ok(default),
-        Some("true" | "1" | "yes" | "on") => Ok(true),
-        Some("false" | "0" | "no" | "off") => Ok(false),
-        Some(_) => Err(malformed(name, "expected true or false")),
-    }
-}
-
-/// Reads an unsigned integer setting; absent means `default`.
-pub fn u64_from_env(name: &'static str, default: u64) -> Result<u64, ConfigError> {
-    match var(name) {
-        None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| malformed(name, "expected a whole number")),
-    }
-}
-
-/// Reads an optional string setting.
-pub fn optional(name: &'static str) -> Option<String> {
-    var(name)
 }
 
 /// The Standard Webhooks signing secret (`whsec_<base64>`), decoded.
@@ -157,6 +198,17 @@ pub fn webhook_secret_from_env() -> Result<Option<SecretBox<Vec<u8>>>, ConfigErr
         return Err(malformed(NAME, "the secret must be at least 16 bytes"));
     }
     Ok(Some(SecretBox::new(Box::new(bytes))))
+}
+
+/// The bearer token Prometheus presents to `GET /metrics` (METRICS_TOKEN), if set.
+pub fn metrics_token_from_env() -> Result<Option<SecretBox<String>>, ConfigError> {
+    let Some(raw) = var("METRICS_TOKEN") else {
+        return Ok(None);
+    };
+    if raw.trim().len() < 16 {
+        return Err(malformed("METRICS_TOKEN", "use at least 16 characters"));
+    }
+    Ok(Some(SecretBox::new(Box::new(raw.trim().to_owned()))))
 }
 
 /// Prints fresh secrets in `.env` format (the `keygen` command).

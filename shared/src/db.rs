@@ -18,6 +18,41 @@ pub async fn connect(config: &DatabaseConfig, max_connections: u32) -> Result<Pg
     connect_with(options, max_connections).await
 }
 
+/// Bounds on what one process may ask of the database: every connection's statement,
+/// lock and idle-in-transaction timeouts (server-side, so they hold whatever the code
+/// does), the pool's size and how long a caller waits for a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    pub statement_timeout: Duration,
+    pub lock_timeout: Duration,
+    pub idle_in_transaction_timeout: Duration,
+    pub acquire_timeout: Duration,
+    pub max_connections: u32,
+}
+
+/// A pool whose connections carry `limits` as session settings.
+pub async fn connect_limited(
+    config: &DatabaseConfig,
+    limits: SessionLimits,
+) -> Result<PgPool, sqlx::Error> {
+    let ms = |d: Duration| d.as_millis().to_string();
+    let options: PgConnectOptions = config.url.expose_secret().parse()?;
+    let options = options.options([
+        ("statement_timeout", ms(limits.statement_timeout)),
+        ("lock_timeout", ms(limits.lock_timeout)),
+        (
+            "idle_in_transaction_session_timeout",
+            ms(limits.idle_in_transaction_timeout),
+        ),
+    ]);
+    PgPoolOptions::new()
+        .max_connections(limits.max_connections)
+        .min_connections(1)
+        .acquire_timeout(limits.acquire_timeout)
+        .connect_with(options.application_name("autokey"))
+        .await
+}
+
 pub async fn connect_with(
     options: PgConnectOptions,
     max_connections: u32,

@@ -111,6 +111,11 @@ impl Vault {
         &self.current_id
     }
 
+    /// Whether a key with this id is configured (current or retired).
+    pub fn knows(&self, key_id: &str) -> bool {
+        self.ciphers.contains_key(key_id)
+    }
+
     /// Encrypts `plaintext` for the row (`key_id`, `pool_id`) with a fresh random nonce.
     pub fn seal(&self, key_id: Uuid, pool_id: Uuid, plaintext: &str) -> Sealed {
         let cipher = &self.ciphers[&self.current_id];

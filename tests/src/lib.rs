@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 pub const WEBHOOK_SECRET: &[u8] = b"test-webhook-secret-0123456789ab";
+pub const METRICS_TOKEN: &str = "test-metrics-token-0123456789";
 
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -34,12 +35,15 @@ pub struct TestApp {
 #[derive(Clone)]
 pub struct AppOptions {
     pub simulated_payments: bool,
+    /// Generous by default, so that only the tests about limits meet them.
+    pub limits: autokey_api::settings::Limits,
 }
 
 impl Default for AppOptions {
     fn default() -> Self {
         Self {
             simulated_payments: true,
+            limits: autokey_api::settings::Limits::generous(),
         }
     }
 }
@@ -71,6 +75,8 @@ fn app_state(pool: PgPool, vault: Arc<Vault>, options: &AppOptions) -> AppState 
     let settings = Settings {
         simulated_payments: options.simulated_payments,
         webhook_secret: Some(secrecy::SecretBox::new(Box::new(WEBHOOK_SECRET.to_vec()))),
+        metrics_token: Some(secrecy::SecretBox::new(Box::new(METRICS_TOKEN.to_owned()))),
+        limits: options.limits.clone(),
     };
     AppState {
         waiter: FulfillmentWaiter::start(pool.clone()),

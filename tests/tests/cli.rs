@@ -272,3 +272,82 @@ async fn a_token_revoked_by_the_cli_is_refused_on_the_next_request_by_every_api_
         assert_eq!(r.code(), "unauthorized");
     }
 }
+
+/// Runs `autokey-api serve` with `envs` and returns its stderr (it must fail at start).
+fn serve_fails(envs: &[(&str, &str)]) -> String {
+    let out = cmd("autokey-api", envs).arg("serve").output().unwrap();
+    assert!(!out.status.success(), "serve started with {envs:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    err
+}
+
+#[test]
+fn malformed_settings_of_serve_name_their_variable_in_one_line() {
+    let secrets = secrets();
+    let get = |k: &str| secrets.iter().find(|(n, _)| n == k).unwrap().1.clone();
+    let (enc, fp) = (get("ENCRYPTION_KEY"), get("FINGERPRINT_KEY"));
+    let base = [
+        ("DATABASE_URL", "postgres://x@127.0.0.1:1/x"),
+        ("ENCRYPTION_KEY", enc.as_str()),
+        ("FINGERPRINT_KEY", fp.as_str()),
+    ];
+    for (name, value) in [
+        ("PORT", "eighty"),
+        ("RATE_LIMIT_PER_SECOND", "-3"),
+        ("SIMULATED_PAYMENTS", "perhaps"),
+        ("REQUEST_TIMEOUT_SECS", "soon"),
+    ] {
+        let mut envs = base.to_vec();
+        envs.push((name, value));
+        let err = serve_fails(&envs);
+        assert!(err.contains(name) && err.contains("malformed"), "{err}");
+    }
+    // A retired key under the current key's id would shadow one of the two.
+    let retired = format!("k1:{fp}");
+    let mut envs = base.to_vec();
+    envs.push(("ENCRYPTION_KEYS_RETIRED", retired.as_str()));
+    let err = serve_fails(&envs);
+    assert!(err.contains("ENCRYPTION_KEYS_RETIRED"), "{err}");
+    assert!(!err.contains(&fp), "a secret leaked: {err}");
+}
+
+#[tokio::test]
+async fn serve_refuses_a_configuration_that_cannot_decrypt_every_stored_key() {
+    use autokey_shared::{
+        store::{self, keys::NewKey},
+        vault::{KeyMaterial, Vault},
+    };
+    let app = autokey_tests::spawn_app().await;
+    let shop = autokey_tests::fixtures::shop(&app, 1).await;
+    // One key sealed under a key id the configuration below does not have.
+    let old = Vault::new(
+        "old".into(),
+        KeyMaterial::new([3; 32]),
+        Default::default(),
+        KeyMaterial::new([4; 32]),
+    );
+    let id = uuid::Uuid::now_v7();
+    let key = NewKey {
+        id,
+        fingerprint: old.fingerprint("OLD-KEY-1"),
+        sealed: old.seal(id, shop.pool_id, "OLD-KEY-1"),
+    };
+    let mut conn = app.pool.acquire().await.unwrap();
+    store::keys::insert(&mut conn, shop.pool_id, None, &[key])
+        .await
+        .unwrap();
+    let url = db::database_url(&app.db_name);
+    let hex = "ab".repeat(32);
+    let err = serve_fails(&[
+        ("DATABASE_URL", url.as_str()),
+        ("ENCRYPTION_KEY", hex.as_str()),
+        ("ENCRYPTION_KEY_ID", "k2"),
+        ("FINGERPRINT_KEY", hex.as_str()),
+        ("PORT", "0"),
+    ]);
+    assert!(
+        err.contains("ENCRYPTION_KEYS_RETIRED") && err.contains("old"),
+        "{err}"
+    );
+}

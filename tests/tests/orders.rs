@@ -394,6 +394,7 @@ async fn a_fulfilled_order_cannot_be_canceled() {
 async fn simulated_payment_can_be_switched_off() {
     let app = spawn_app_with(AppOptions {
         simulated_payments: false,
+        ..AppOptions::default()
     })
     .await;
     let shop = fixtures::shop(&app, 1).await;

@@ -1,9 +1,6 @@
 //! The `autokey-worker` command line.
 
-use autokey_shared::{
-    config::{self, DatabaseConfig},
-    db, jobs, process,
-};
+use autokey_shared::{config::DatabaseConfig, db, jobs, process};
 use clap::{Parser, Subcommand};
 
 use crate::runner::WorkerConfig;
@@ -27,7 +24,7 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// Jobs processed at once.
-    #[arg(long, default_value_t = 8, global = true)]
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 8, global = true)]
     pub concurrency: usize,
     /// Name prefix of this process's workers (a unique suffix is added per start).
     #[arg(
@@ -47,8 +44,8 @@ pub enum Command {
     RetryDead,
 }
 
+/// Runs the CLI (`.env` was read before parsing); returns the process exit code.
 pub async fn run(cli: Cli) -> i32 {
-    config::load_dotenv();
     autokey_shared::telemetry::init(
         "info,sqlx=warn,apalis=warn,apalis_postgres=warn,apalis_core=warn",
     );

@@ -181,6 +181,22 @@ pub async fn lock_in_sellers_pool(
         .await
 }
 
+/// The encryption key ids stored keys are sealed with (a loose scan of
+/// keys_enc_key_id_idx: one index probe per distinct id, whatever the number of keys).
+pub async fn encryption_key_ids(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH RECURSIVE ids AS (
+             (SELECT enc_key_id FROM keys ORDER BY enc_key_id LIMIT 1)
+             UNION ALL
+             SELECT (SELECT k.enc_key_id FROM keys k WHERE k.enc_key_id > ids.enc_key_id
+                     ORDER BY k.enc_key_id LIMIT 1)
+             FROM ids WHERE ids.enc_key_id IS NOT NULL)
+         SELECT enc_key_id FROM ids WHERE enc_key_id IS NOT NULL",
+    )
+    .fetch_all(conn)
+    .await
+}
+
 /// A sealed key with the ids its ciphertext is bound to.
 #[derive(Debug, Clone)]
 pub struct SealedKey {
