@@ -52,7 +52,8 @@ pub struct LineIssue {
     /// same key and was stored) or `already_exists` (stored before, or by a concurrent
     /// upload, in any pool of any seller; a repeat within a few thousand lines of such a
     /// line may be reported as `duplicate_in_upload` instead). For `invalid`: `empty`,
-    /// `too_short` (< 5 characters), `too_long` (> 255 characters), `control_character`
+    /// `too_short` (< 5 characters), `too_long` (> 255 characters), `control_character`,
+    /// `format_character` (an invisible character such as U+200B or U+202E)
     /// or `invalid_utf8`.
     pub reason: &'static str,
 }

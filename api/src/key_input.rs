@@ -8,6 +8,7 @@ pub enum Invalid {
     TooShort,
     TooLong,
     ControlCharacter,
+    FormatCharacter,
     InvalidUtf8,
 }
 
@@ -18,6 +19,7 @@ impl Invalid {
             Invalid::TooShort => "too_short",
             Invalid::TooLong => "too_long",
             Invalid::ControlCharacter => "control_character",
+            Invalid::FormatCharacter => "format_character",
             Invalid::InvalidUtf8 => "invalid_utf8",
         }
     }
@@ -27,7 +29,8 @@ pub const MIN_CHARS: usize = 5;
 pub const MAX_CHARS: usize = 255;
 
 /// The key as stored: `raw` trimmed of surrounding white space, 5..=255 characters,
-/// no control character.
+/// no control character and no invisible formatting character (a zero-width space, a
+/// bidi override, a BOM inside the text): one visible key must not be storable twice.
 pub fn validate(raw: &str) -> Result<&str, Invalid> {
     let key = raw.trim();
     if key.is_empty() {
@@ -43,6 +46,9 @@ pub fn validate(raw: &str) -> Result<&str, Invalid> {
     }
     if key.chars().any(char::is_control) {
         return Err(Invalid::ControlCharacter);
+    }
+    if key.chars().any(autokey_shared::text::is_format) {
+        return Err(Invalid::FormatCharacter);
     }
     Ok(key)
 }
@@ -239,5 +245,17 @@ mod tests {
         assert_eq!(validate("ABC\u{0}DEF"), Err(Invalid::ControlCharacter));
         assert_eq!(validate("ABC\tDEF"), Err(Invalid::ControlCharacter));
         assert_eq!(validate("ABC\u{7f}DEF"), Err(Invalid::ControlCharacter));
+        for invisible in [
+            "ABC\u{200b}DEF",
+            "ABC\u{202e}DEF",
+            "ABC\u{feff}DEF",
+            "\u{2060}ABCDE",
+        ] {
+            assert_eq!(
+                validate(invisible),
+                Err(Invalid::FormatCharacter),
+                "{invisible:?}"
+            );
+        }
     }
 }

@@ -8,11 +8,13 @@ pub mod extract;
 pub mod fulfillment_wait;
 pub mod ingest;
 pub mod key_input;
+pub mod limits;
 pub mod middleware;
 pub mod openapi;
 pub mod orders;
 pub mod pagination;
 pub mod routes;
+pub mod server;
 pub mod settings;
 pub mod state;
 pub mod webhook_signature;
@@ -24,12 +26,32 @@ use utoipa_axum::router::OpenApiRouter;
 pub use state::{AppState, Settings};
 
 /// The full application: every route, its OpenAPI document and the docs UI.
+/// Layers, from the outside in: panics become opaque 500s; errors are logged; requests
+/// beyond the concurrency cap are shed (503); each has a deadline (503); each is
+/// authenticated once and rate limited (429).
 pub fn app(state: AppState) -> Router {
     let (router, api) = api_router().split_for_parts();
+    let max_in_flight = state.settings.limits.max_concurrent_requests;
     router
         .merge(openapi::docs_router(api))
         .fallback(middleware::fallback)
         .method_not_allowed_fallback(middleware::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::rate::admit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::deadline,
+        ))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(limits::shed))
+                .layer(tower::load_shed::LoadShedLayer::new())
+                .layer(tower::limit::ConcurrencyLimitLayer::new(
+                    max_in_flight.max(1),
+                )),
+        )
         .layer(axum::middleware::from_fn(middleware::log_errors))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             middleware::panic_response,
@@ -57,7 +79,6 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let header_read_timeout = state.settings.limits.header_read_timeout();
+    server::run(listener, app(state), header_read_timeout, shutdown).await
 }

@@ -6,7 +6,12 @@ use autokey_shared::vault::Vault;
 use secrecy::SecretBox;
 use sqlx::PgPool;
 
-use crate::{auth::cache::TokenCache, fulfillment_wait::FulfillmentWaiter, settings::Limits};
+use crate::{
+    auth::cache::TokenCache,
+    fulfillment_wait::FulfillmentWaiter,
+    limits::{rate::RateLimits, uploads::UploadSlots},
+    settings::Limits,
+};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -15,6 +20,27 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub waiter: FulfillmentWaiter,
     pub tokens: TokenCache,
+    pub rate_limits: Arc<RateLimits>,
+    pub uploads: Arc<UploadSlots>,
+}
+
+impl AppState {
+    /// The state of one api process on `pool`.
+    pub fn new(pool: PgPool, vault: Arc<Vault>, settings: Settings) -> Self {
+        let limits = &settings.limits;
+        Self {
+            waiter: FulfillmentWaiter::start(pool.clone()),
+            tokens: TokenCache::start(pool.clone()),
+            rate_limits: RateLimits::new(limits),
+            uploads: UploadSlots::new(
+                limits.max_concurrent_uploads,
+                limits.max_concurrent_uploads_per_seller,
+            ),
+            pool,
+            vault,
+            settings: Arc::new(settings),
+        }
+    }
 }
 
 pub struct Settings {

@@ -43,7 +43,8 @@ pub fn verify(
         .trim()
         .parse()
         .map_err(|_| SignatureError::BadTimestamp)?;
-    if (now - ts).abs() > TOLERANCE_SECS {
+    // abs_diff: any i64 the header may carry, without overflow.
+    if now.abs_diff(ts) > TOLERANCE_SECS as u64 {
         return Err(SignatureError::StaleTimestamp);
     }
     for candidate in sigs.split_whitespace() {
@@ -150,6 +151,22 @@ mod tests {
                 1000,
             );
             assert_eq!(r.is_ok(), ok, "ts {ts}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn extreme_timestamps_are_stale_not_a_panic() {
+        for ts in [i64::MIN, i64::MAX, -1] {
+            let sig = sign(SECRET, "m", ts, b"{}");
+            let r = verify(
+                SECRET,
+                Some("m"),
+                Some(&ts.to_string()),
+                Some(&sig),
+                b"{}",
+                1000,
+            );
+            assert_eq!(r, Err(SignatureError::StaleTimestamp), "{ts}");
         }
     }
 

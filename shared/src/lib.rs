@@ -11,5 +11,6 @@ pub mod model;
 pub mod process;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod transitions;
 pub mod vault;

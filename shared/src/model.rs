@@ -140,9 +140,9 @@ text_enum! {
 }
 
 impl Role {
-    /// Sellers and buyers act as one subject; storefront and admin tokens do not.
+    /// Sellers, buyers and storefronts act as one subject (their id); admin tokens do not.
     pub fn has_subject(self) -> bool {
-        matches!(self, Role::Seller | Role::Buyer)
+        matches!(self, Role::Seller | Role::Buyer | Role::Storefront)
     }
 }
 

@@ -155,11 +155,12 @@ impl Vault {
         String::from_utf8(plain).map_err(|_| VaultError::NotUtf8)
     }
 
-    /// HMAC-SHA256(FINGERPRINT_KEY, key): the global dedupe fingerprint of a trimmed key.
+    /// HMAC-SHA256(FINGERPRINT_KEY, NFC(key)): the global dedupe fingerprint of a trimmed
+    /// key, the same for every Unicode spelling of one visible key.
     pub fn fingerprint(&self, key: &str) -> [u8; 32] {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.fingerprint.bytes())
             .expect("HMAC accepts any key length");
-        mac.update(key.as_bytes());
+        mac.update(crate::text::key_identity(key).as_bytes());
         mac.finalize().into_bytes().into()
     }
 }

@@ -5,9 +5,7 @@ pub mod db;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use autokey_api::{
-    AppState, Settings, auth::cache::TokenCache, fulfillment_wait::FulfillmentWaiter,
-};
+use autokey_api::{AppState, Settings, auth::cache::TokenCache};
 use autokey_shared::{model::Role, store::tokens, vault::Vault};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -78,13 +76,7 @@ fn app_state(pool: PgPool, vault: Arc<Vault>, options: &AppOptions) -> AppState 
         metrics_token: Some(secrecy::SecretBox::new(Box::new(METRICS_TOKEN.to_owned()))),
         limits: options.limits.clone(),
     };
-    AppState {
-        waiter: FulfillmentWaiter::start(pool.clone()),
-        tokens: TokenCache::start(pool.clone()),
-        pool,
-        vault,
-        settings: Arc::new(settings),
-    }
+    AppState::new(pool, vault, settings)
 }
 
 async fn serve(state: AppState) -> (SocketAddr, watch::Sender<bool>) {

@@ -221,7 +221,7 @@ async fn migrate_twice_then_tokens_then_a_worker_that_stops_on_sigterm() {
     assert!(status.success(), "exit status {status:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_revoked_by_the_cli_is_refused_on_the_next_request_by_every_api_process() {
     use autokey_shared::{model::Role, store::tokens};
     use reqwest::{Method, StatusCode};
@@ -254,10 +254,12 @@ async fn a_token_revoked_by_the_cli_is_refused_on_the_next_request_by_every_api_
         assert_eq!(r.status, StatusCode::OK, "the cache was not used");
     }
     // ...while the operator's revocation reaches every process before its next request.
+    // The api processes run while the command does (as separate processes would).
     let url = db::database_url(&app.db_name);
-    let out = cmd("autokey-api", &[("DATABASE_URL", url.as_str())])
+    let out = tokio::process::Command::from(cmd("autokey-api", &[("DATABASE_URL", url.as_str())]))
         .args(["token", "revoke", &revoked.id.to_string()])
         .output()
+        .await
         .unwrap();
     assert!(
         out.status.success(),

@@ -117,6 +117,7 @@ async fn paid_order(app: &TestApp, offer: Uuid, pool: Uuid, quantity: i32) -> Uu
     let mut tx = app.pool.begin().await.unwrap();
     let new = store::orders::NewOrder {
         buyer_id: Uuid::now_v7(),
+        storefront_id: None,
         offer_id: offer,
         pool_id: Some(pool),
         quantity,

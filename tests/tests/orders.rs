@@ -442,12 +442,33 @@ async fn orders_list_is_paginated_and_scoped() {
     let storefront = app.storefront().await;
     let r = app.get("/orders", &storefront).await;
     assert_eq!(r.code(), "validation_failed");
+    // A storefront sees the orders it placed for a customer, never the ones the customer
+    // (or another storefront) placed; the buyer sees only its own.
+    for _ in 0..2 {
+        let r = app
+            .post(
+                "/orders",
+                &storefront,
+                json!({ "offerId": shop.offer_id, "buyerId": buyer_id }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        assert_eq!(r.body["buyerId"], buyer_id.to_string());
+        assert!(r.body["storefrontId"].is_string());
+    }
     let r = app
         .get(
             &format!("/orders?buyerId={buyer_id}&status=PENDING"),
             &storefront,
         )
         .await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 2);
+    let rival = app.storefront().await;
+    let r = app
+        .get(&format!("/orders?buyerId={buyer_id}"), &rival)
+        .await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 0);
+    let r = app.get("/orders?limit=200", &buyer).await;
     assert_eq!(r.body["items"].as_array().unwrap().len(), 5);
     let r = app.get("/orders?status=LOST", &buyer).await;
     assert_eq!(r.code(), "validation_failed");

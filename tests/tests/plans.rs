@@ -175,6 +175,7 @@ async fn build(app: &TestApp) -> World {
                 } else {
                     Uuid::now_v7()
                 },
+                storefront_id: None,
                 offer_id: offer.id,
                 pool_id: Some(pool.id),
                 quantity: 1,
@@ -318,9 +319,9 @@ fn cases(w: &World) -> Vec<Case> {
         case(
             "place order",
             orders::INSERT,
-            "uuid[], uuid[], uuid[], uuid[], int4[], int8[], text[]",
+            "uuid[], uuid[], uuid[], uuid[], int4[], int8[], text[], uuid[]",
             format!(
-                "{}, {}, {}, {}, '{{1}}', '{{999}}', '{{EUR}}'",
+                "{}, {}, {}, {}, '{{1}}', '{{999}}', '{{EUR}}', '{{NULL}}'",
                 uuids(&[Uuid::now_v7()]),
                 uuids(&[w.buyer]),
                 uuids(&[w.offer]),
@@ -336,8 +337,8 @@ fn cases(w: &World) -> Vec<Case> {
         case(
             "lock a visible order",
             orders::LOCK_VISIBLE,
-            "uuid, uuid",
-            format!("{}, {}", uuid(w.pending), uuid(w.buyer)),
+            "uuid, uuid, uuid",
+            format!("{}, {}, NULL", uuid(w.pending), uuid(w.buyer)),
         ),
         case(
             "pay",
@@ -443,9 +444,9 @@ fn cases(w: &World) -> Vec<Case> {
         case(
             "read an order with its keys",
             orders::READ,
-            "uuid, uuid, text, uuid, uuid, text",
+            "uuid, uuid, uuid, text, uuid, uuid, text",
             format!(
-                "{}, {}, 'buyer', {}, NULL, 'plans'",
+                "{}, {}, NULL, 'buyer', {}, NULL, 'plans'",
                 uuid(w.fulfilled),
                 uuid(w.buyer),
                 uuid(w.buyer)
@@ -454,9 +455,9 @@ fn cases(w: &World) -> Vec<Case> {
         case(
             "a buyer's orders, first page",
             orders::PAGE_FOR_BUYER,
-            "uuid, text, timestamptz, uuid, int8",
+            "uuid, text, timestamptz, uuid, int8, uuid",
             format!(
-                "{}, NULL, 'infinity', {}, 51",
+                "{}, NULL, 'infinity', {}, 51, NULL",
                 uuid(w.buyer),
                 uuid(Uuid::max())
             ),
@@ -464,9 +465,9 @@ fn cases(w: &World) -> Vec<Case> {
         case(
             "a buyer's orders, next page",
             orders::PAGE_FOR_BUYER,
-            "uuid, text, timestamptz, uuid, int8",
+            "uuid, text, timestamptz, uuid, int8, uuid",
             format!(
-                "{}, 'FULFILLED', {now}, {}, 51",
+                "{}, 'FULFILLED', {now}, {}, 51, NULL",
                 uuid(w.buyer),
                 uuid(Uuid::max())
             ),

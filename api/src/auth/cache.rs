@@ -117,18 +117,16 @@ impl TokenCache {
         let generation = self.generation.load(Ordering::SeqCst);
         let live = self.live.load(Ordering::SeqCst);
         let hash = tokens::hash_token(token);
-        if live {
-            if let Some(p) = self.entries.get(&hash) {
-                return Ok(Some(p));
-            }
+        if live && let Some(p) = self.entries.get(&hash) {
+            return Ok(Some(p));
         }
         let mut conn = pool.acquire().await?;
         let found = tokens::authenticate(&mut conn, token).await?;
         // Not when a revocation arrived meanwhile: the row read may predate it.
-        if let (Some(p), true) = (found, live) {
-            if self.generation.load(Ordering::SeqCst) == generation {
-                self.entries.insert(hash, p);
-            }
+        if let (Some(p), true) = (found, live)
+            && self.generation.load(Ordering::SeqCst) == generation
+        {
+            self.entries.insert(hash, p);
         }
         Ok(found)
     }

@@ -10,7 +10,7 @@ use autokey_shared::{
 use axum::{extract::FromRequestParts, http::request::Parts};
 use uuid::Uuid;
 
-use crate::{error::ApiError, state::AppState};
+use crate::{error::ApiError, limits::rate::Checked, state::AppState};
 
 pub struct Auth(pub Principal);
 
@@ -18,16 +18,11 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(ApiError::Unauthorized)?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .ok_or(ApiError::Unauthorized)?;
+        // The rate limiter already authenticated this request's token.
+        if let Some(Checked(checked)) = parts.extensions.get::<Checked>() {
+            return checked.map(Auth).ok_or(ApiError::Unauthorized);
+        }
+        let token = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         let principal = state
             .tokens
             .authenticate(&state.pool, token)
@@ -35,6 +30,18 @@ impl FromRequestParts<AppState> for Auth {
             .ok_or(ApiError::Unauthorized)?;
         Ok(Auth(principal))
     }
+}
+
+/// The bearer token of an `Authorization` header, if there is one.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
 }
 
 fn forbidden(what: &str) -> ApiError {
@@ -54,7 +61,7 @@ impl Auth {
     pub fn buyer_side(&self) -> Result<BuyerSide, ApiError> {
         match (self.0.role, self.0.subject) {
             (Role::Buyer, Some(id)) => Ok(BuyerSide::Buyer(id)),
-            (Role::Storefront, _) => Ok(BuyerSide::Storefront),
+            (Role::Storefront, Some(id)) => Ok(BuyerSide::Storefront(id)),
             _ => Err(forbidden("buyer or storefront")),
         }
     }
@@ -77,11 +84,11 @@ impl Auth {
     }
 }
 
-/// A buyer acts for itself; a storefront for any buyer it names.
+/// A buyer acts for itself; a storefront (its id) for any customer it names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuyerSide {
     Buyer(Uuid),
-    Storefront,
+    Storefront(Uuid),
 }
 
 impl BuyerSide {
@@ -94,8 +101,8 @@ impl BuyerSide {
             (BuyerSide::Buyer(_), Some(_)) => {
                 Err(ApiError::validation("buyerId must be your own id"))
             }
-            (BuyerSide::Storefront, Some(id)) => Ok(id),
-            (BuyerSide::Storefront, None) => Err(ApiError::validation(
+            (BuyerSide::Storefront(_), Some(id)) => Ok(id),
+            (BuyerSide::Storefront(_), None) => Err(ApiError::validation(
                 "buyerId is required for storefront tokens",
             )),
         }
@@ -105,7 +112,15 @@ impl BuyerSide {
     pub fn viewer(&self) -> Viewer {
         match self {
             BuyerSide::Buyer(id) => Viewer::Buyer(*id),
-            BuyerSide::Storefront => Viewer::Storefront,
+            BuyerSide::Storefront(id) => Viewer::Storefront(*id),
+        }
+    }
+
+    /// The storefront placing or listing orders, None for a buyer.
+    pub fn storefront(&self) -> Option<Uuid> {
+        match self {
+            BuyerSide::Buyer(_) => None,
+            BuyerSide::Storefront(id) => Some(*id),
         }
     }
 }

@@ -10,10 +10,7 @@ use autokey_shared::{
     vault::Vault,
 };
 
-use crate::{
-    AppState, Settings, auth::cache::TokenCache, fulfillment_wait::FulfillmentWaiter,
-    settings::ServeArgs,
-};
+use crate::{AppState, Settings, settings::ServeArgs};
 
 fn cfg_err(e: ConfigError) -> String {
     e.to_string()
@@ -46,13 +43,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
              a payment provider (POST /orders/:id/pay). Never in production."
         );
     }
-    let state = AppState {
-        waiter: FulfillmentWaiter::start(pool.clone()),
-        tokens: TokenCache::start(pool.clone()),
-        pool,
-        vault,
-        settings: Arc::new(settings),
-    };
+    let state = AppState::new(pool, vault, settings);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;

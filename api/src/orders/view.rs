@@ -11,6 +11,8 @@ use uuid::Uuid;
 pub struct Order {
     pub id: Uuid,
     pub buyer_id: Uuid,
+    /// The storefront that placed the order; null for an order placed with a buyer token.
+    pub storefront_id: Option<Uuid>,
     pub offer_id: Uuid,
     pub quantity: i32,
     pub amount_cents: i64,
@@ -39,6 +41,7 @@ impl Order {
         Self {
             id: row.id,
             buyer_id: row.buyer_id,
+            storefront_id: row.storefront_id,
             offer_id: row.offer_id,
             quantity: row.quantity,
             amount_cents: row.amount_cents,

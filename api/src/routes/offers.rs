@@ -7,6 +7,7 @@ use autokey_shared::{
         self,
         offers::{DraftFields, OfferRow},
     },
+    text,
 };
 use axum::{extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
@@ -106,9 +107,9 @@ pub struct Draft {
     id: Option<Uuid>,
     #[schema(min_length = 1, max_length = 200)]
     title: String,
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     price_cents: i64,
-    /// ISO 4217 code, three upper-case letters.
+    /// An ISO 4217 code, upper case.
     #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
     currency: String,
     delivery_type: DeliveryType,
@@ -142,16 +143,17 @@ async fn validate_draft(
     seller_id: Uuid,
     draft: &Draft,
 ) -> Result<String, ApiError> {
-    let title = draft.title.trim();
-    if title.is_empty() || title.chars().count() > 200 {
-        return Err(ApiError::validation("title must be 1 to 200 characters"));
+    let title = text::field("title", &draft.title, 200, false)
+        .map_err(|e| ApiError::validation(e.to_string()))?;
+    if !(0..=text::MAX_PRICE_CENTS).contains(&draft.price_cents) {
+        return Err(ApiError::validation(format!(
+            "priceCents must be between 0 and {}",
+            text::MAX_PRICE_CENTS
+        )));
     }
-    if draft.price_cents < 0 {
-        return Err(ApiError::validation("priceCents must be 0 or more"));
-    }
-    if draft.currency.len() != 3 || !draft.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+    if !text::is_currency(&draft.currency) {
         return Err(ApiError::validation(
-            "currency must be a 3-letter upper-case ISO 4217 code",
+            "currency must be an ISO 4217 code in upper case, such as EUR",
         ));
     }
     if draft.stock_count.is_some_and(|n| n < 0) {
@@ -164,7 +166,7 @@ async fn validate_draft(
             "keyPoolId must be one of your key pools",
         ));
     }
-    Ok(title.to_owned())
+    Ok(title)
 }
 
 /// The seller's offer `id`, locked for update; another seller's is not found.
@@ -237,8 +239,9 @@ async fn save_draft(
     let (status, row) = match draft.id {
         None => {
             let title = validate_draft(&mut tx, seller_id, &draft).await?;
-            let row =
-                store::offers::insert_draft(&mut tx, seller_id, &draft.fields(&title)).await?;
+            let row = store::offers::insert_draft(&mut tx, seller_id, &draft.fields(&title))
+                .await
+                .map_constraint(draft_constraint)?;
             (StatusCode::CREATED, row)
         }
         Some(id) => {

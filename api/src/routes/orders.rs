@@ -20,7 +20,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    auth::Auth,
+    auth::{Auth, BuyerSide},
     error::{ApiError, ApiResult, ConstraintExt, ErrorBody},
     extract::{Json, Path, Query},
     orders::{
@@ -66,7 +66,8 @@ async fn create_order(
     headers: HeaderMap,
     Json(body): Json<CreateOrder>,
 ) -> ApiResult<(StatusCode, Json<Order>)> {
-    let buyer_id = auth.buyer_side()?.buyer_id(body.buyer_id)?;
+    let side = auth.buyer_side()?;
+    let buyer_id = side.buyer_id(body.buyer_id)?;
     let quantity = body.quantity.unwrap_or(1);
     if !(1..=100).contains(&quantity) {
         return Err(ApiError::validation("quantity must be between 1 and 100"));
@@ -79,14 +80,14 @@ async fn create_order(
     // advisory either way; a paid order beyond stock waits as a backorder).
     let Some(key) = key else {
         let mut conn = state.pool.acquire().await?;
-        let order = place(&mut conn, buyer_id, body.offer_id, quantity).await?;
+        let order = place(&mut conn, side, buyer_id, body.offer_id, quantity).await?;
         return Ok((StatusCode::CREATED, Json(Order::from_row(order, None))));
     };
     let mut tx = state.pool.begin().await?;
     if let Some(existing) = idempotency::replay(&mut tx, &scope, &key, &hash).await? {
         return replayed(&mut tx, existing).await;
     }
-    let order = place(&mut tx, buyer_id, body.offer_id, quantity).await?;
+    let order = place(&mut tx, side, buyer_id, body.offer_id, quantity).await?;
     if !store::idempotency::record(&mut tx, &scope, &key, &hash, order.id).await? {
         // A concurrent request with this key won; answer with its order.
         tx.rollback().await?;
@@ -103,6 +104,7 @@ async fn create_order(
 /// Checks the offer and its stock, then inserts the PENDING order.
 async fn place(
     conn: &mut sqlx::PgConnection,
+    side: BuyerSide,
     buyer_id: Uuid,
     offer_id: Uuid,
     quantity: i32,
@@ -120,6 +122,7 @@ async fn place(
         .ok_or_else(|| ApiError::validation("the order's amount is too large"))?;
     let new = NewOrder {
         buyer_id,
+        storefront_id: side.storefront(),
         offer_id: offer.id,
         pool_id: offer.key_pool_id,
         quantity,
@@ -196,12 +199,20 @@ async fn list_orders(
     auth: Auth,
     Query(q): Query<ListOrders>,
 ) -> ApiResult<Json<OrderPage>> {
-    let buyer_id = auth.buyer_side()?.buyer_id(q.buyer_id)?;
+    let side = auth.buyer_side()?;
+    let buyer_id = side.buyer_id(q.buyer_id)?;
     let limit = pagination::limit(q.limit, 50, 200)?;
     let after = pagination::decode(q.cursor.as_deref())?;
     let mut conn = state.pool.acquire().await?;
-    let mut rows =
-        store::orders::page_for_buyer(&mut conn, buyer_id, q.status, after, limit + 1).await?;
+    let mut rows = store::orders::page_for_buyer(
+        &mut conn,
+        buyer_id,
+        side.storefront(),
+        q.status,
+        after,
+        limit + 1,
+    )
+    .await?;
     let next_cursor = pagination::cut(&mut rows, limit, |r| store::After {
         created_at: r.created_at,
         id: r.id,

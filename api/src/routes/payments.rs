@@ -133,10 +133,21 @@ async fn payment_webhook(
         ApiError::Unauthorized
     })?;
     let event_id = header("webhook-id").unwrap_or_default().to_owned();
+    if event_id.is_empty() || event_id.len() > 255 {
+        return Err(ApiError::validation(
+            "webhook-id must be 1 to 255 characters",
+        ));
+    }
     let raw: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::validation(format!("body is not JSON: {e}")))?;
     let event: PaymentEvent = serde_json::from_value(raw.clone())
         .map_err(|e| ApiError::validation(format!("body is not a payment event: {e}")))?;
+    if event.kind.len() > 100 || event.data.payment_id.len() > 255 || event.data.currency.len() > 16
+    {
+        return Err(ApiError::validation(
+            "type, paymentId or currency is longer than a payment event's",
+        ));
+    }
 
     let mut tx = state.pool.begin().await?;
     let received = Received {

@@ -2,7 +2,7 @@
 
 pub use autokey_shared::store::pools::Pool;
 
-use autokey_shared::store;
+use autokey_shared::{store, text};
 use axum::{extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
@@ -63,10 +63,8 @@ async fn create_pool(
     Json(body): Json<NewPool>,
 ) -> Result<(StatusCode, Json<Pool>), ApiError> {
     let seller_id = auth.seller()?;
-    let name = body.name.unwrap_or_default().trim().to_owned();
-    if name.chars().count() > 200 {
-        return Err(ApiError::validation("name must be at most 200 characters"));
-    }
+    let name = text::field("name", body.name.as_deref().unwrap_or(""), 200, true)
+        .map_err(|e| ApiError::validation(e.to_string()))?;
     let mut conn = state.pool.acquire().await?;
     let threshold = body.low_stock_threshold.unwrap_or(0);
     let pool = store::pools::create(&mut conn, seller_id, &name, threshold)

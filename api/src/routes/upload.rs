@@ -89,6 +89,7 @@ async fn upload_keys(
     request: Request,
 ) -> Result<Json<UploadReport>, ApiError> {
     let seller_id = auth.seller()?;
+    let _slot = state.uploads.take(seller_id)?;
     find_pool(&mut *state.pool.acquire().await?, seller_id, pool_id).await?;
     let mut ingest = Ingest::start(state.pool.clone(), state.vault.clone(), pool_id);
     match media_type(&request).as_deref() {
@@ -103,7 +104,10 @@ async fn upload_keys(
                 ingest.offer(i as u64 + 1, key);
             }
         }
-        Some("text/plain") => ingest_text(request, &mut ingest).await?,
+        Some("text/plain") => {
+            let idle = state.settings.limits.request_timeout();
+            ingest_text(request, &mut ingest, idle).await?
+        }
         _ => {
             return Err(ApiError::UnsupportedMediaType(
                 "send application/json or text/plain".into(),
@@ -121,11 +125,23 @@ fn media_type(request: &Request) -> Option<String> {
     Some(value.split(';').next()?.trim().to_ascii_lowercase())
 }
 
-/// Consumes the body as it arrives, writing a batch whenever one is full.
-async fn ingest_text(request: Request, ingest: &mut Ingest) -> Result<(), ApiError> {
+/// Consumes the body as it arrives, writing a batch whenever one is full. A body that
+/// sends nothing for `idle` fails the upload (batches already written stay).
+async fn ingest_text(
+    request: Request,
+    ingest: &mut Ingest,
+    idle: std::time::Duration,
+) -> Result<(), ApiError> {
     let mut splitter = LineSplitter::new();
     let mut body = request.into_body().into_data_stream();
-    while let Some(chunk) = body.next().await {
+    loop {
+        let next = tokio::time::timeout(idle, body.next()).await.map_err(|_| {
+            ApiError::validation(format!(
+                "the upload sent no data for {} seconds",
+                idle.as_secs()
+            ))
+        })?;
+        let Some(chunk) = next else { break };
         let chunk =
             chunk.map_err(|_| ApiError::validation("the request body could not be read"))?;
         for slice in chunk.chunks(FEED_SLICE) {

@@ -13,6 +13,8 @@ use crate::{error::CoreError, model::OrderStatus};
 pub struct OrderRow {
     pub id: Uuid,
     pub buyer_id: Uuid,
+    /// The storefront that placed the order; None when a buyer token did.
+    pub storefront_id: Option<Uuid>,
     pub offer_id: Uuid,
     pub pool_id: Option<Uuid>,
     pub quantity: i32,
@@ -29,8 +31,8 @@ pub struct OrderRow {
 #[doc(hidden)]
 macro_rules! order_columns {
     () => {
-        "id, buyer_id, offer_id, pool_id, quantity, amount_cents, currency, status, \
-         created_at, paid_at, fulfilled_at, canceled_at"
+        "id, buyer_id, storefront_id, offer_id, pool_id, quantity, amount_cents, currency, \
+         status, created_at, paid_at, fulfilled_at, canceled_at"
     };
 }
 
@@ -38,23 +40,42 @@ macro_rules! order_columns {
 /// missing order, and is never locked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Viewer {
-    /// A buyer: orders placed for its own buyer id.
+    /// A buyer: the orders it placed itself with its buyer token.
     Buyer(Uuid),
-    /// A storefront: the orders of its customers.
-    Storefront,
+    /// A storefront: the orders it placed (for any of its customers).
+    Storefront(Uuid),
+}
+
+/// The visibility predicate on an `orders` row, with the viewer bound as `$2` (a buyer id)
+/// and `$3` (a storefront id), one of them null.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! visible_to_viewer {
+    () => {
+        "((buyer_id = $2 AND storefront_id IS NULL) OR storefront_id = $3)"
+    };
 }
 
 impl Viewer {
-    /// The buyer id the visibility predicate `($2::uuid IS NULL OR buyer_id = $2)` binds.
     fn buyer(self) -> Option<Uuid> {
         match self {
             Viewer::Buyer(id) => Some(id),
-            Viewer::Storefront => None,
+            Viewer::Storefront(_) => None,
+        }
+    }
+
+    fn storefront(self) -> Option<Uuid> {
+        match self {
+            Viewer::Storefront(id) => Some(id),
+            Viewer::Buyer(_) => None,
         }
     }
 
     pub fn may_see(self, order: &OrderRow) -> bool {
-        self.buyer().is_none_or(|b| b == order.buyer_id)
+        match self {
+            Viewer::Buyer(id) => order.buyer_id == id && order.storefront_id.is_none(),
+            Viewer::Storefront(id) => order.storefront_id == Some(id),
+        }
     }
 }
 
@@ -63,6 +84,8 @@ impl Viewer {
 #[derive(Debug, Clone)]
 pub struct NewOrder {
     pub buyer_id: Uuid,
+    /// The storefront placing it, None for a buyer token.
+    pub storefront_id: Option<Uuid>,
     pub offer_id: Uuid,
     pub pool_id: Option<Uuid>,
     pub quantity: i32,
@@ -71,9 +94,10 @@ pub struct NewOrder {
 }
 
 pub const INSERT: &str = concat!(
-    "INSERT INTO orders (id, buyer_id, offer_id, pool_id, quantity, amount_cents, currency)
+    "INSERT INTO orders (id, buyer_id, offer_id, pool_id, quantity, amount_cents, currency,
+                         storefront_id)
      SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int4[],
-                          $6::int8[], $7::text[])
+                          $6::int8[], $7::text[], $8::uuid[])
      RETURNING ",
     order_columns!()
 );
@@ -92,6 +116,7 @@ pub async fn insert_many(
         .bind(new.iter().map(|n| n.quantity).collect::<Vec<_>>())
         .bind(new.iter().map(|n| n.amount_cents).collect::<Vec<_>>())
         .bind(new.iter().map(|n| n.currency.as_str()).collect::<Vec<_>>())
+        .bind(new.iter().map(|n| n.storefront_id).collect::<Vec<_>>())
         .fetch_all(conn)
         .await?;
     // RETURNING gives no order guarantee; the ids do.
@@ -117,7 +142,8 @@ pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>,
 pub const FIND_VISIBLE: &str = concat!(
     "SELECT ",
     order_columns!(),
-    " FROM orders WHERE id = $1 AND ($2::uuid IS NULL OR buyer_id = $2)"
+    " FROM orders WHERE id = $1 AND ",
+    visible_to_viewer!()
 );
 
 /// The order if `viewer` may see it.
@@ -129,6 +155,7 @@ pub async fn find_visible(
     sqlx::query_as(FIND_VISIBLE)
         .bind(id)
         .bind(viewer.buyer())
+        .bind(viewer.storefront())
         .fetch_optional(conn)
         .await
 }
@@ -136,7 +163,9 @@ pub async fn find_visible(
 pub const LOCK_VISIBLE: &str = concat!(
     "SELECT ",
     order_columns!(),
-    " FROM orders WHERE id = $1 AND ($2::uuid IS NULL OR buyer_id = $2) FOR UPDATE"
+    " FROM orders WHERE id = $1 AND ",
+    visible_to_viewer!(),
+    " FOR UPDATE"
 );
 
 /// The order, row-locked for a state change, if `viewer` may see it (nothing is locked
@@ -149,6 +178,7 @@ pub async fn lock_visible(
     sqlx::query_as(LOCK_VISIBLE)
         .bind(id)
         .bind(viewer.buyer())
+        .bind(viewer.storefront())
         .fetch_optional(conn)
         .await
 }
@@ -168,13 +198,15 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>,
 pub const READ: &str = concat!(
         "WITH o AS (SELECT ",
         order_columns!(),
-        " FROM orders WHERE id = $1 AND ($2::uuid IS NULL OR buyer_id = $2)),
+        " FROM orders WHERE id = $1 AND ",
+    visible_to_viewer!(),
+    "),
          k AS (SELECT k.id, k.pool_id, k.ciphertext, k.nonce, k.enc_key_id, k.created_at
                FROM order_deliveries d JOIN keys k ON k.id = d.key_id
                WHERE d.order_id = $1 AND EXISTS (SELECT 1 FROM o WHERE o.status = 'FULFILLED')),
          a AS (INSERT INTO audit_log (actor_role, actor_subject, actor_token_id, action, order_id, details)
-               SELECT $3, $4, $5, 'order.keys_read', $1,
-                      jsonb_build_object('route', $6::text,
+               SELECT $4, $5, $6, 'order.keys_read', $1,
+                      jsonb_build_object('route', $7::text,
                                          'keyIds', (SELECT jsonb_agg(id ORDER BY created_at, id) FROM k))
                WHERE EXISTS (SELECT 1 FROM k)
                RETURNING 1)
@@ -210,6 +242,7 @@ pub async fn read(
     let row: Option<Row> = sqlx::query_as(READ)
         .bind(id)
         .bind(viewer.buyer())
+        .bind(viewer.storefront())
         .bind(actor.role)
         .bind(actor.subject)
         .bind(actor.token_id)
@@ -238,15 +271,17 @@ pub async fn read(
 pub const PAGE_FOR_BUYER: &str = concat!(
     "SELECT ",
     order_columns!(),
-    " FROM orders WHERE buyer_id = $1 AND ($2::text IS NULL OR status = $2)
-       AND (created_at, id) < ($3, $4)
+    " FROM orders WHERE buyer_id = $1 AND storefront_id IS NOT DISTINCT FROM $6
+       AND ($2::text IS NULL OR status = $2) AND (created_at, id) < ($3, $4)
      ORDER BY created_at DESC, id DESC LIMIT $5"
 );
 
-/// Up to `fetch` of the buyer's orders before `after`, newest first.
+/// Up to `fetch` orders of one buyer before `after`, newest first: those it placed itself
+/// (`storefront` None) or those a storefront placed for it.
 pub async fn page_for_buyer(
     conn: &mut PgConnection,
     buyer_id: Uuid,
+    storefront: Option<Uuid>,
     status: Option<OrderStatus>,
     after: Option<After>,
     fetch: i64,
@@ -257,6 +292,7 @@ pub async fn page_for_buyer(
         .bind(after.unwrap_or(After::END).created_at)
         .bind(after.unwrap_or(After::END).id)
         .bind(fetch)
+        .bind(storefront)
         .fetch_all(conn)
         .await
 }

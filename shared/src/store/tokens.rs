@@ -41,8 +41,8 @@ pub struct NewToken {
     pub subject: Option<Uuid>,
 }
 
-/// Creates a token for `role`; sellers and buyers get `subject` or a new id, and their
-/// principal row is created if missing.
+/// Creates a token for `role`; sellers, buyers and storefronts get `subject` or a new
+/// id, and their principal row is created if missing.
 pub async fn create_token(
     conn: &mut PgConnection,
     role: Role,
@@ -61,6 +61,12 @@ pub async fn create_token(
         }
         (Role::Buyer, Some(id)) => {
             sqlx::query("INSERT INTO buyers (id) VALUES ($1) ON CONFLICT DO NOTHING")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        (Role::Storefront, Some(id)) => {
+            sqlx::query("INSERT INTO storefronts (id) VALUES ($1) ON CONFLICT DO NOTHING")
                 .bind(id)
                 .execute(&mut *conn)
                 .await?;
