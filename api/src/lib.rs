@@ -27,7 +27,8 @@ pub use state::{AppState, Settings};
 
 /// The full application: every route, its OpenAPI document and the docs UI.
 /// Layers, from the outside in: panics become opaque 500s; errors are logged; requests
-/// beyond the concurrency cap are shed (503); each has a deadline (503); each is
+/// beyond the concurrency cap (one semaphore for every route) are shed (503); each has
+/// a deadline (503); each is
 /// authenticated once and rate limited (429).
 pub fn app(state: AppState) -> Router {
     let (router, api) = api_router().split_for_parts();
@@ -48,7 +49,7 @@ pub fn app(state: AppState) -> Router {
             tower::ServiceBuilder::new()
                 .layer(axum::error_handling::HandleErrorLayer::new(limits::shed))
                 .layer(tower::load_shed::LoadShedLayer::new())
-                .layer(tower::limit::ConcurrencyLimitLayer::new(
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
                     max_in_flight.max(1),
                 )),
         )

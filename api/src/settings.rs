@@ -130,7 +130,7 @@ impl Limits {
             db_statement_timeout_ms: 30_000,
             db_lock_timeout_ms: 10_000,
             db_idle_in_transaction_timeout_ms: 60_000,
-            db_max_connections: 10,
+            db_max_connections: 8,
             db_acquire_timeout_ms: 5_000,
         }
     }

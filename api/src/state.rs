@@ -10,6 +10,7 @@ use crate::{
     auth::cache::TokenCache,
     fulfillment_wait::FulfillmentWaiter,
     limits::{rate::RateLimits, uploads::UploadSlots},
+    routes::metrics::GaugeCache,
     settings::Limits,
 };
 
@@ -22,6 +23,7 @@ pub struct AppState {
     pub tokens: TokenCache,
     pub rate_limits: Arc<RateLimits>,
     pub uploads: Arc<UploadSlots>,
+    pub gauges: Arc<GaugeCache>,
 }
 
 impl AppState {
@@ -36,6 +38,7 @@ impl AppState {
                 limits.max_concurrent_uploads,
                 limits.max_concurrent_uploads_per_seller,
             ),
+            gauges: Arc::default(),
             pool,
             vault,
             settings: Arc::new(settings),

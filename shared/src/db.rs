@@ -35,8 +35,14 @@ pub async fn connect_limited(
     config: &DatabaseConfig,
     limits: SessionLimits,
 ) -> Result<PgPool, sqlx::Error> {
+    connect_limited_with(config.url.expose_secret().parse()?, limits).await
+}
+
+pub async fn connect_limited_with(
+    options: PgConnectOptions,
+    limits: SessionLimits,
+) -> Result<PgPool, sqlx::Error> {
     let ms = |d: Duration| d.as_millis().to_string();
-    let options: PgConnectOptions = config.url.expose_secret().parse()?;
     let options = options.options([
         ("statement_timeout", ms(limits.statement_timeout)),
         ("lock_timeout", ms(limits.lock_timeout)),

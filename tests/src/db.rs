@@ -78,7 +78,7 @@ async fn ensure_template(admin: &mut PgConnection, name: &str) {
 /// Creates a migrated, empty database for one test and returns its name and a pool.
 pub async fn fresh_database() -> (String, PgPool) {
     // Small pools: tests run in parallel against one server (max_connections is often 100).
-    fresh_database_with(10).await
+    fresh_database_with(6).await
 }
 
 pub async fn fresh_database_with(max_connections: u32) -> (String, PgPool) {
@@ -112,6 +112,13 @@ pub async fn fresh_database_with(max_connections: u32) -> (String, PgPool) {
 /// Another pool on an existing test database (a worker's own, as in production).
 pub async fn pool_for(name: &str, max_connections: u32) -> PgPool {
     autokey_shared::db::connect_with(options(name), max_connections)
+        .await
+        .unwrap()
+}
+
+/// A pool for an api process on an existing test database, with its session limits.
+pub async fn api_pool_for(name: &str, limits: autokey_shared::db::SessionLimits) -> PgPool {
+    autokey_shared::db::connect_limited_with(options(name), limits)
         .await
         .unwrap()
 }

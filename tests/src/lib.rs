@@ -19,7 +19,10 @@ pub const METRICS_TOKEN: &str = "test-metrics-token-0123456789";
 pub struct TestApp {
     pub addr: SocketAddr,
     pub base: String,
+    /// The test's own connections (assertions, fixtures).
     pub pool: PgPool,
+    /// The api's connections, with the session limits of its settings.
+    pub api_pool: PgPool,
     pub db_name: String,
     pub client: reqwest::Client,
     pub vault: Arc<Vault>,
@@ -53,10 +56,12 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let (db_name, pool) = db::fresh_database().await;
     let vault = Arc::new(Vault::random());
-    let state = app_state(pool.clone(), vault.clone(), &options);
+    let api_pool = db::api_pool_for(&db_name, options.limits.session()).await;
+    let state = app_state(api_pool.clone(), vault.clone(), &options);
     let tokens = state.tokens.clone();
     let (addr, shutdown) = serve(state).await;
     TestApp {
+        api_pool,
         addr,
         base: format!("http://{addr}"),
         pool,
@@ -94,11 +99,13 @@ async fn serve(state: AppState) -> (SocketAddr, watch::Sender<bool>) {
 impl TestApp {
     /// Another api process on the same database: its own pool, token cache and listeners.
     pub async fn another_api(&self) -> TestApp {
-        let pool = db::pool_for(&self.db_name, 10).await;
-        let state = app_state(pool.clone(), self.vault.clone(), &self.options);
+        let pool = db::pool_for(&self.db_name, 4).await;
+        let api_pool = db::api_pool_for(&self.db_name, self.options.limits.session()).await;
+        let state = app_state(api_pool.clone(), self.vault.clone(), &self.options);
         let tokens = state.tokens.clone();
         let (addr, shutdown) = serve(state).await;
         TestApp {
+            api_pool,
             addr,
             base: format!("http://{addr}"),
             pool,

@@ -119,9 +119,40 @@ async fn docs_are_served_and_the_spec_is_openapi_3() {
 async fn metrics_are_prometheus_text_with_key_order_and_job_gauges() {
     let app = spawn_app().await;
     let shop = autokey_tests::fixtures::shop(&app, 3).await;
+    // Only the admin role or the metrics token may scrape.
+    let url = format!("{}/metrics", app.base);
+    let r = app.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let (seller, _) = app.seller().await;
+    let r = app
+        .client
+        .get(&url)
+        .bearer_auth(&seller)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = app
+        .client
+        .get(&url)
+        .bearer_auth("not-the-metrics-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let (admin, _) = app.token(Role::Admin, None).await;
+    let r = app
+        .client
+        .get(&url)
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     let resp = app
         .client
-        .get(format!("{}/metrics", app.base))
+        .get(&url)
+        .bearer_auth(autokey_tests::METRICS_TOKEN)
         .send()
         .await
         .unwrap();

@@ -1,17 +1,35 @@
-//! `GET /metrics`: Prometheus text format. Gauges are read from cheap sources (pool
-//! counters, the partial index of waiting orders, the pruned job table); request counts
-//! come from this process.
+//! `GET /metrics`: Prometheus text format, for the admin role or the bearer token
+//! METRICS_TOKEN (Prometheus's `bearer_token`). Gauges are read from cheap sources (pool
+//! counters, the partial index of waiting orders, the index of unfinished jobs) at most
+//! once every few seconds per process, however often it is scraped; request counts come
+//! from this process.
 
 use std::{
     fmt::Write,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
-use autokey_shared::{jobs::queue, model::KeyStatus, store};
-use axum::{extract::State, http::header, response::IntoResponse};
+use autokey_shared::{
+    jobs::queue,
+    model::{KeyStatus, Role},
+    store,
+};
+use axum::{
+    Extension,
+    extract::State,
+    http::{HeaderMap, header},
+    response::IntoResponse,
+};
+use secrecy::ExposeSecret;
+use subtle::ConstantTimeEq;
+use tokio::sync::Mutex;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{error::ApiError, state::AppState};
+use crate::{auth::bearer, error::ApiError, limits::rate::Checked, state::AppState};
 
 /// Responses served, by status class (1xx..5xx).
 static RESPONSES: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
@@ -26,17 +44,75 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(metrics))
 }
 
-/// Prometheus metrics.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+/// How long a reading of the database's gauges is served before it is read again.
+const GAUGES_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// The last reading of the gauges, shared by this process's scrapes.
+#[derive(Default)]
+pub struct GaugeCache(Mutex<Option<(Instant, Arc<Gauges>)>>);
+
+struct Gauges {
+    keys: (i64, i64, i64, i64),
+    waiting: (i64, i64),
+    jobs: Vec<(String, String, i64)>,
+    dead: i64,
+}
+
+async fn gauges(state: &AppState) -> Result<Arc<Gauges>, ApiError> {
+    let mut last = state.gauges.0.lock().await;
+    if let Some((at, g)) = last.as_ref()
+        && at.elapsed() < GAUGES_MAX_AGE
+    {
+        return Ok(g.clone());
+    }
+    let mut conn = state.pool.acquire().await?;
+    let (jobs, dead) = queue::live_counts(&mut conn).await?;
+    let g = Arc::new(Gauges {
+        keys: store::pools::key_totals(&mut conn).await?,
+        waiting: store::orders::waiting_counts(&mut conn).await?,
+        jobs,
+        dead,
+    });
+    *last = Some((Instant::now(), g.clone()));
+    Ok(g)
+}
+
+/// The admin role, or METRICS_TOKEN (compared in constant time).
+fn may_scrape(
+    state: &AppState,
+    headers: &HeaderMap,
+    checked: Option<&Checked>,
+) -> Result<(), ApiError> {
+    if let (Some(expected), Some(given)) = (&state.settings.metrics_token, bearer(headers))
+        && bool::from(expected.expose_secret().as_bytes().ct_eq(given.as_bytes()))
+    {
+        return Ok(());
+    }
+    match checked.and_then(|c| c.0) {
+        Some(p) if p.role == Role::Admin => Ok(()),
+        Some(_) => Err(ApiError::Forbidden(
+            "metrics are for admin tokens or the metrics token".into(),
+        )),
+        None => Err(ApiError::Unauthorized),
+    }
+}
+
+/// Prometheus metrics (admin token or METRICS_TOKEN).
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(("bearer" = [])), responses(
     (status = 200, description = "Prometheus text exposition format", content_type = "text/plain"),
+    (status = 401, body = crate::error::ErrorBody, description = "no token, or not the metrics token"),
+    (status = 403, body = crate::error::ErrorBody, description = "a token that is not an admin's"),
     (status = 503, body = crate::error::ErrorBody),
 ))]
-async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let mut conn = state.pool.acquire().await?;
-    let keys = store::pools::key_totals(&mut conn).await?;
-    let waiting = store::orders::waiting_counts(&mut conn).await?;
-    let jobs = queue::counts(&mut conn).await?;
-    let dead = queue::dead_count(&mut conn).await?;
+async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    checked: Option<Extension<Checked>>,
+) -> Result<impl IntoResponse, ApiError> {
+    may_scrape(&state, &headers, checked.as_ref().map(|c| &c.0))?;
+    let g = gauges(&state).await?;
+    let (keys, waiting, dead) = (g.keys, g.waiting, g.dead);
+    let jobs = g.jobs.iter().map(|(q, s, n)| (q.as_str(), s.as_str(), *n));
 
     let mut out = String::new();
     let _ = writeln!(

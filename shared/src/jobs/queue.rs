@@ -190,23 +190,28 @@ pub async fn retry_dead(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
     Ok(done.rows_affected())
 }
 
-/// How many jobs are dead.
-pub async fn dead_count(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM apalis.jobs WHERE job_type LIKE '{OURS}' AND {DEAD}"
-    )))
-    .fetch_one(conn)
-    .await
-}
-
-/// Jobs by queue and status.
-pub async fn counts(conn: &mut PgConnection) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT job_type, status, count(*) FROM apalis.jobs WHERE job_type LIKE '{OURS}'
+/// Live (not Done) jobs by queue and status, and how many of them are dead: one scan of
+/// autokey_jobs_live_idx, which holds only unfinished jobs.
+pub async fn live_counts(
+    conn: &mut PgConnection,
+) -> Result<(Vec<(String, String, i64)>, i64), sqlx::Error> {
+    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT job_type, status, count(*), count(*) FILTER (WHERE {DEAD})
+         FROM apalis.jobs WHERE job_type LIKE '{OURS}' AND status <> 'Done'
          GROUP BY 1, 2 ORDER BY 1, 2"
     )))
     .fetch_all(conn)
-    .await
+    .await?;
+    let dead = rows.iter().map(|r| r.3).sum();
+    Ok((
+        rows.into_iter().map(|(q, s, n, _)| (q, s, n)).collect(),
+        dead,
+    ))
+}
+
+/// How many jobs are dead.
+pub async fn dead_count(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    Ok(live_counts(conn).await?.1)
 }
 
 /// The status of an order's fulfillment job, if it has one.
