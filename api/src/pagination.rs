@@ -6,7 +6,32 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use serde::Deserialize;
+use utoipa::IntoParams;
+
 use crate::error::ApiError;
+
+/// `?limit=&cursor=` of a list ordered oldest first.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Page size, 1..=500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<i64>,
+    /// `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl PageParams {
+    /// The page size and position asked for, checked.
+    pub fn checked(&self) -> Result<(i64, Option<After>), ApiError> {
+        Ok((
+            limit(self.limit, 100, 500)?,
+            decode(self.cursor.as_deref())?,
+        ))
+    }
+}
 
 pub fn encode(after: After) -> String {
     URL_SAFE_NO_PAD.encode(format!(

@@ -826,3 +826,44 @@ async fn a_key_must_name_an_existing_pool_and_stays_in_it() {
         .await;
     assert!(deleted.is_err(), "pools are never deleted");
 }
+
+#[tokio::test]
+async fn pools_and_offers_are_listed_a_page_at_a_time() {
+    let app = spawn_app().await;
+    let (token, _) = app.seller().await;
+    let mut pools = Vec::new();
+    for i in 0..3 {
+        let pool = create_pool(&app, &token, &format!("p{i}")).await;
+        pools.push(pool.to_string());
+        let r = app
+            .post(
+                "/offers/draft",
+                &token,
+                json!({"title": format!("o{i}"), "priceCents": 1, "currency": "EUR",
+                       "deliveryType": "AUTO_KEY", "keyPoolId": pool}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    for path in ["/key-pools", "/seller/offers"] {
+        let first = app.get(&format!("{path}?limit=2"), &token).await;
+        assert_eq!(first.body["items"].as_array().unwrap().len(), 2, "{path}");
+        let cursor = first.body["nextCursor"].as_str().unwrap().to_owned();
+        let second = app
+            .get(&format!("{path}?limit=2&cursor={cursor}"), &token)
+            .await;
+        assert_eq!(second.body["items"].as_array().unwrap().len(), 1, "{path}");
+        assert!(second.body["nextCursor"].is_null());
+        let all = app.get(path, &token).await;
+        assert_eq!(all.body["items"].as_array().unwrap().len(), 3);
+        let r = app.get(&format!("{path}?limit=501"), &token).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    }
+    let listed: Vec<String> = app.get("/key-pools", &token).await.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, pools);
+}

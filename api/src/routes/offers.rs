@@ -20,7 +20,8 @@ use uuid::Uuid;
 use crate::{
     auth::Auth,
     error::{ApiError, ConstraintExt, ErrorBody},
-    extract::{Json, Path},
+    extract::{Json, Path, Query},
+    pagination::{self, PageParams},
     state::AppState,
 };
 
@@ -133,8 +134,11 @@ pub struct StatusChange {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct OfferList {
     items: Vec<Offer>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
 }
 
 /// Checks a draft's fields; returns the title as stored (trimmed).
@@ -328,6 +332,7 @@ async fn change_status(
 
 /// The caller's offers, oldest first, in every status.
 #[utoipa::path(get, path = "/seller/offers", tag = "offers", security(("bearer" = [])),
+    params(PageParams),
     responses(
         (status = 200, body = OfferList),
         (status = 401, body = ErrorBody),
@@ -336,10 +341,16 @@ async fn change_status(
 async fn seller_offers(
     auth: Auth,
     State(state): State<AppState>,
+    Query(page): Query<PageParams>,
 ) -> Result<Json<OfferList>, ApiError> {
     let seller_id = auth.seller()?;
+    let (limit, after) = page.checked()?;
     let mut conn = state.pool.acquire().await?;
-    let rows = store::offers::list_for_seller(&mut conn, seller_id).await?;
+    let mut rows = store::offers::page_for_seller(&mut conn, seller_id, after, limit + 1).await?;
+    let next_cursor = pagination::cut(&mut rows, limit, |o| store::After {
+        created_at: o.created_at,
+        id: o.id,
+    });
     let pools: Vec<Uuid> = rows
         .iter()
         .filter(|r| r.delivery_type == DeliveryType::AutoKey)
@@ -353,7 +364,7 @@ async fn seller_offers(
             view(r, count)
         })
         .collect();
-    Ok(Json(OfferList { items }))
+    Ok(Json(OfferList { items, next_cursor }))
 }
 
 /// One offer, for any role. A draft or inactive offer is visible to its seller only.

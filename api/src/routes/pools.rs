@@ -2,7 +2,10 @@
 
 pub use autokey_shared::store::pools::Pool;
 
-use autokey_shared::{store, text};
+use autokey_shared::{
+    store::{self, After},
+    text,
+};
 use axum::{extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
@@ -13,7 +16,8 @@ use uuid::Uuid;
 use crate::{
     auth::Auth,
     error::{ApiError, ConstraintExt, ErrorBody},
-    extract::{Json, Path},
+    extract::{Json, Path, Query},
+    pagination::{self, PageParams},
     state::AppState,
 };
 
@@ -33,8 +37,11 @@ pub struct NewPool {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct PoolList {
     items: Vec<Pool>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
 }
 
 /// The pool `pool_id` of `seller_id`; someone else's pool is as missing as a missing one.
@@ -76,18 +83,28 @@ async fn create_pool(
     Ok((StatusCode::CREATED, Json(pool)))
 }
 
-/// The caller's key pools, oldest first.
+/// The caller's key pools, oldest first, a page at a time.
 #[utoipa::path(get, path = "/key-pools", tag = "key pools", security(("bearer" = [])),
+    params(PageParams),
     responses(
         (status = 200, body = PoolList),
         (status = 401, body = ErrorBody),
         (status = 403, description = "not a seller token", body = ErrorBody),
     ))]
-async fn list_pools(auth: Auth, State(state): State<AppState>) -> Result<Json<PoolList>, ApiError> {
+async fn list_pools(
+    auth: Auth,
+    State(state): State<AppState>,
+    Query(page): Query<PageParams>,
+) -> Result<Json<PoolList>, ApiError> {
     let seller_id = auth.seller()?;
+    let (limit, after) = page.checked()?;
     let mut conn = state.pool.acquire().await?;
-    let items = store::pools::list_for_seller(&mut conn, seller_id).await?;
-    Ok(Json(PoolList { items }))
+    let mut items = store::pools::page_for_seller(&mut conn, seller_id, after, limit + 1).await?;
+    let next_cursor = pagination::cut(&mut items, limit, |p| After {
+        created_at: p.created_at,
+        id: p.id,
+    });
+    Ok(Json(PoolList { items, next_cursor }))
 }
 
 /// One of the caller's key pools with its counts.

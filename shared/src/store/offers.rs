@@ -131,17 +131,24 @@ pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<OfferRow>,
     .await
 }
 
-/// The seller's offers, oldest first, in every status.
-pub async fn list_for_seller(
+/// Up to `fetch` of the seller's offers after `after`, oldest first, in every status.
+pub async fn page_for_seller(
     conn: &mut PgConnection,
     seller_id: Uuid,
+    after: Option<crate::store::After>,
+    fetch: i64,
 ) -> Result<Vec<OfferRow>, sqlx::Error> {
+    let after = after.unwrap_or(crate::store::After::START);
     sqlx::query_as(concat!(
         "SELECT ",
         offer_columns!(),
-        " FROM offers WHERE seller_id = $1 ORDER BY created_at, id"
+        " FROM offers WHERE seller_id = $1 AND (created_at, id) > ($2, $3)
+          ORDER BY created_at, id LIMIT $4"
     ))
     .bind(seller_id)
+    .bind(after.created_at)
+    .bind(after.id)
+    .bind(fetch)
     .fetch_all(conn)
     .await
 }

@@ -64,17 +64,24 @@ pub async fn create(
     .await
 }
 
-/// The seller's pools, oldest first.
-pub async fn list_for_seller(
+/// Up to `fetch` of the seller's pools after `after`, oldest first.
+pub async fn page_for_seller(
     conn: &mut PgConnection,
     seller_id: Uuid,
+    after: Option<super::After>,
+    fetch: i64,
 ) -> Result<Vec<Pool>, sqlx::Error> {
+    let after = after.unwrap_or(super::After::START);
     sqlx::query_as(concat!(
         "SELECT ",
         pool_columns!(),
-        " FROM key_pools WHERE seller_id = $1 ORDER BY created_at, id"
+        " FROM key_pools WHERE seller_id = $1 AND (created_at, id) > ($2, $3)
+          ORDER BY created_at, id LIMIT $4"
     ))
     .bind(seller_id)
+    .bind(after.created_at)
+    .bind(after.id)
+    .bind(fetch)
     .fetch_all(conn)
     .await
 }
