@@ -17,7 +17,6 @@ pub mod routes;
 pub mod server;
 pub mod settings;
 pub mod state;
-pub mod webhook_signature;
 
 use axum::Router;
 use tokio::net::TcpListener;
@@ -73,6 +72,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::orders::router())
         .merge(routes::payments::router())
         .merge(routes::metrics::router())
+        .merge(routes::events::router())
+        .merge(routes::webhook_endpoints::router())
 }
 
 pub async fn serve(

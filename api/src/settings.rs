@@ -20,6 +20,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SIMULATED_PAYMENTS", default_value = "false",
           value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
     pub simulated_payments: bool,
+    /// Whether webhook endpoints may name private, loopback or link-local addresses
+    /// (tests and development only; never where the network has internal services).
+    #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE_URLS", default_value = "false",
+          value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub webhook_allow_private_urls: bool,
     #[command(flatten)]
     pub limits: Limits,
 }

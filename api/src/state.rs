@@ -51,6 +51,8 @@ pub struct Settings {
     pub simulated_payments: bool,
     /// The decoded Standard Webhooks secret; webhooks are refused without one.
     pub webhook_secret: Option<SecretBox<Vec<u8>>>,
+    /// Whether webhook endpoints may name private addresses (WEBHOOK_ALLOW_PRIVATE_URLS).
+    pub webhook_allow_private_urls: bool,
     /// The token Prometheus presents to `GET /metrics` (METRICS_TOKEN).
     pub metrics_token: Option<SecretBox<String>>,
     pub limits: Limits,

@@ -73,6 +73,13 @@ fn aad(key_id: Uuid, pool_id: Uuid) -> [u8; 47] {
     out
 }
 
+/// Binds a sealed secret to its owner, apart from keys' AAD ("autokey:key:v1:...").
+fn secret_aad(label: &str, owner: Uuid) -> Vec<u8> {
+    let mut out = format!("autokey:secret:v1:{label}:").into_bytes();
+    out.extend_from_slice(owner.as_bytes());
+    out
+}
+
 impl Vault {
     pub fn new(
         current_id: String,
@@ -153,6 +160,51 @@ impl Vault {
             )
             .map_err(|_| VaultError::Authentication)?;
         String::from_utf8(plain).map_err(|_| VaultError::NotUtf8)
+    }
+
+    /// Seals a secret the service must use again later (a webhook endpoint's signing
+    /// secret), bound to what it belongs to: `label` names the kind of owner, `owner` its id.
+    pub fn seal_secret(&self, label: &str, owner: Uuid, secret: &[u8]) -> Sealed {
+        let cipher = &self.ciphers[&self.current_id];
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let aad = secret_aad(label, owner);
+        let ciphertext = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: secret,
+                    aad: &aad,
+                },
+            )
+            .expect("AES-GCM encryption of a short message cannot fail");
+        Sealed {
+            ciphertext,
+            nonce,
+            enc_key_id: self.current_id.clone(),
+        }
+    }
+
+    /// Opens what [`Vault::seal_secret`] sealed for (`label`, `owner`).
+    pub fn open_secret(
+        &self,
+        label: &str,
+        owner: Uuid,
+        sealed: &Sealed,
+    ) -> Result<Vec<u8>, VaultError> {
+        let cipher = self
+            .ciphers
+            .get(&sealed.enc_key_id)
+            .ok_or_else(|| VaultError::UnknownKeyId(sealed.enc_key_id.clone()))?;
+        cipher
+            .decrypt(
+                Nonce::from_slice(&sealed.nonce),
+                Payload {
+                    msg: &sealed.ciphertext,
+                    aad: &secret_aad(label, owner),
+                },
+            )
+            .map_err(|_| VaultError::Authentication)
     }
 
     /// HMAC-SHA256(FINGERPRINT_KEY, NFC(key)): the global dedupe fingerprint of a trimmed
@@ -272,6 +324,24 @@ mod tests {
             before.fingerprint("ROTATE-ME-1"),
             after.fingerprint("ROTATE-ME-1")
         );
+    }
+
+    #[test]
+    fn secrets_are_bound_to_their_owner() {
+        let v = Vault::random();
+        let owner = Uuid::now_v7();
+        let sealed = v.seal_secret("webhook-endpoint", owner, b"whsec-bytes");
+        assert_eq!(
+            v.open_secret("webhook-endpoint", owner, &sealed).unwrap(),
+            b"whsec-bytes"
+        );
+        assert!(
+            v.open_secret("webhook-endpoint", Uuid::now_v7(), &sealed)
+                .is_err()
+        );
+        assert!(v.open_secret("other", owner, &sealed).is_err());
+        // Not openable as a key of any row either.
+        assert!(v.open(owner, Uuid::nil(), &sealed).is_err());
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
 fn app_state(pool: PgPool, vault: Arc<Vault>, options: &AppOptions) -> AppState {
     let settings = Settings {
         simulated_payments: options.simulated_payments,
+        webhook_allow_private_urls: true,
         webhook_secret: Some(secrecy::SecretBox::new(Box::new(WEBHOOK_SECRET.to_vec()))),
         metrics_token: Some(secrecy::SecretBox::new(Box::new(METRICS_TOKEN.to_owned()))),
         limits: options.limits.clone(),
@@ -293,6 +294,13 @@ pub fn test_worker_config() -> autokey_worker::WorkerConfig {
         maintenance_interval: std::time::Duration::from_secs(1),
         batch_extra_orders: 63,
         fast_lane: true,
+        webhooks: autokey_worker::webhooks::WebhookConfig {
+            retry_base: std::time::Duration::from_millis(100),
+            give_up_after: 5,
+            allow_private: true,
+            ..Default::default()
+        },
+        vault: None,
     }
 }
 
@@ -301,12 +309,14 @@ impl TestApp {
         self.start_worker_with(test_worker_config())
     }
 
-    pub fn start_worker_with(&self, config: autokey_worker::WorkerConfig) -> WorkerHandle {
+    pub fn start_worker_with(&self, mut config: autokey_worker::WorkerConfig) -> WorkerHandle {
+        // The api's vault: the worker opens webhook secrets with it.
+        config.vault.get_or_insert_with(|| self.vault.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let db_name = self.db_name.clone();
         let task = tokio::spawn(async move {
             // Its own pool, as a separate worker process has.
-            let pool = db::pool_for(&db_name, config.concurrency as u32 * 2 + 6).await;
+            let pool = db::pool_for(&db_name, config.concurrency as u32 + 4).await;
             autokey_worker::run(pool, config, async move {
                 let _ = rx.await;
             })
@@ -361,7 +371,7 @@ impl TestApp {
 
     /// Signs and posts a payment webhook.
     pub async fn webhook(&self, id: &str, timestamp: i64, body: &str, secret: &[u8]) -> Reply {
-        let sig = autokey_api::webhook_signature::sign(secret, id, timestamp, body.as_bytes());
+        let sig = autokey_shared::webhook_signature::sign(secret, id, timestamp, body.as_bytes());
         let resp = self
             .client
             .post(format!("{}/webhooks/payments", self.base))

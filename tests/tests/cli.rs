@@ -254,7 +254,10 @@ async fn a_token_revoked_by_the_cli_is_refused_on_the_next_request_by_every_api_
         assert_eq!(r.status, StatusCode::OK, "the cache was not used");
     }
     // ...while the operator's revocation reaches every process before its next request.
-    // The api processes run while the command does (as separate processes would).
+    // The api processes run while the command does (as separate processes would). The
+    // announcement reaches them asynchronously (within milliseconds; longer on a loaded CI
+    // box), so wait until each has heard it before its next request.
+    let heard = [app.tokens.invalidations(), other.tokens.invalidations()];
     let url = db::database_url(&app.db_name);
     let out = tokio::process::Command::from(cmd("autokey-api", &[("DATABASE_URL", url.as_str())]))
         .args(["token", "revoke", &revoked.id.to_string()])
@@ -266,7 +269,15 @@ async fn a_token_revoked_by_the_cli_is_refused_on_the_next_request_by_every_api_
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for api in [&app, &other] {
+    for (api, before) in [&app, &other].into_iter().zip(heard) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while api.tokens.invalidations() == before {
+            assert!(
+                Instant::now() < deadline,
+                "an api process never heard the revocation"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let r = api
             .call(Method::GET, "/me", Some(&revoked.token), None)
             .await;

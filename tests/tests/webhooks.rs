@@ -104,7 +104,7 @@ async fn bad_signature_stale_timestamp_or_altered_body_is_401_and_writes_nothing
         app.webhook("m3", now() + 301, &body, WEBHOOK_SECRET).await,
     ];
     // Altered body: signed one thing, sent another.
-    let sig = autokey_api::webhook_signature::sign(WEBHOOK_SECRET, "m4", now(), body.as_bytes());
+    let sig = autokey_shared::webhook_signature::sign(WEBHOOK_SECRET, "m4", now(), body.as_bytes());
     let altered = app
         .client
         .post(format!("{}/webhooks/payments", app.base))

@@ -1,6 +1,9 @@
 //! The `autokey-worker` command line.
 
-use autokey_shared::{config::DatabaseConfig, db, jobs, process};
+use autokey_shared::{
+    config::{self, DatabaseConfig},
+    db, jobs, process,
+};
 use clap::{Parser, Subcommand};
 
 use crate::runner::WorkerConfig;
@@ -18,6 +21,8 @@ it is announced (the fast lane), in the same transaction that marks it done.\n\n
 Run as many processes as you like, on one or many machines: each start has a unique identity, and the \
 jobs of a process that dies are picked up by the others within seconds.\n\n\
 On SIGTERM or SIGINT it stops taking jobs, lets running ones finish, and exits 0.\n\n\
+Outgoing webhooks (events signed per Standard Webhooks) are sent too when ENCRYPTION_KEY (and \
+FINGERPRINT_KEY, ENCRYPTION_KEYS_RETIRED) are set as for the api: the endpoints' secrets are sealed with them.\n\n\
 Configuration: DATABASE_URL (required); RUST_LOG and LOG_FORMAT=json for logs; a .env file is read too."
 )]
 pub struct Cli {
@@ -34,6 +39,11 @@ pub struct Cli {
         global = true
     )]
     pub name: String,
+    /// Whether outgoing webhooks may go to private, loopback or link-local addresses
+    /// (tests and development only).
+    #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE_URLS", default_value = "false", global = true,
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub webhook_allow_private_urls: bool,
 }
 
 #[derive(Subcommand)]
@@ -64,11 +74,21 @@ pub async fn run(cli: Cli) -> i32 {
                 Ok(())
             }
             Command::Run => {
-                let config = WorkerConfig {
+                // The vault opens webhook endpoints' secrets; without ENCRYPTION_KEY the
+                // worker still fulfills, but sends no webhook.
+                let vault = match std::env::var_os("ENCRYPTION_KEY") {
+                    Some(_) => Some(std::sync::Arc::new(
+                        config::vault_from_env().map_err(|e| e.to_string())?,
+                    )),
+                    None => None,
+                };
+                let mut config = WorkerConfig {
                     concurrency: cli.concurrency.max(1),
                     name: cli.name,
+                    vault,
                     ..Default::default()
                 };
+                config.webhooks.allow_private = cli.webhook_allow_private_urls;
                 tracing::info!(concurrency = config.concurrency, "autokey-worker starting");
                 crate::runner::run(pool, config, process::shutdown_signal())
                     .await

@@ -8,5 +8,6 @@ pub mod fulfillment;
 pub mod maintenance;
 pub mod replenish;
 pub mod runner;
+pub mod webhooks;
 
 pub use runner::{WorkerConfig, run};

@@ -37,6 +37,9 @@ pub struct WorkerConfig {
     /// Run fulfillment jobs the moment they are announced, in one transaction each (see
     /// `fast_lane`); apalis's workers then poll only, as the fallback and for retries.
     pub fast_lane: bool,
+    /// Outgoing webhooks; sent only when the vault (which opens their secrets) is known.
+    pub webhooks: crate::webhooks::WebhookConfig,
+    pub vault: Option<Arc<autokey_shared::vault::Vault>>,
 }
 
 impl Default for WorkerConfig {
@@ -53,6 +56,8 @@ impl Default for WorkerConfig {
             maintenance_interval: Duration::from_secs(15),
             batch_extra_orders: 255,
             fast_lane: true,
+            webhooks: Default::default(),
+            vault: None,
         }
     }
 }
@@ -291,11 +296,28 @@ pub async fn run(
         }
     };
 
+    let webhooks = {
+        let (pool, config, stop) = (pool.clone(), ctx.config.clone(), stopped());
+        async move {
+            match &config.vault {
+                Some(vault) => {
+                    let stop = async move {
+                        let _ = stop.await;
+                    };
+                    crate::webhooks::run(pool, vault.clone(), config.webhooks.clone(), stop).await
+                }
+                None => tracing::warn!(
+                    "ENCRYPTION_KEY is not set: outgoing webhooks are not sent by this worker"
+                ),
+            }
+        }
+    };
+
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let (a, b, _, _) = tokio::join!(fulfill, replenish, maintenance, fast_lane);
+    let (a, b, _, _, _) = tokio::join!(fulfill, replenish, maintenance, fast_lane, webhooks);
     a?;
     b?;
     Ok(())

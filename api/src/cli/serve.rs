@@ -21,6 +21,7 @@ pub fn settings_from_env(args: &ServeArgs) -> Result<(Arc<Vault>, Settings), Str
     let vault = config::vault_from_env().map_err(cfg_err)?;
     let settings = Settings {
         simulated_payments: args.simulated_payments,
+        webhook_allow_private_urls: args.webhook_allow_private_urls,
         webhook_secret: config::webhook_secret_from_env().map_err(cfg_err)?,
         metrics_token: config::metrics_token_from_env().map_err(cfg_err)?,
         limits: args.limits.clone(),

@@ -1,6 +1,7 @@
 //! HTTP routes, one module per resource.
 
 pub mod console;
+pub mod events;
 pub mod health;
 pub mod keys;
 pub mod me;
@@ -10,3 +11,4 @@ pub mod orders;
 pub mod payments;
 pub mod pools;
 pub mod upload;
+pub mod webhook_endpoints;

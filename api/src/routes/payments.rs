@@ -4,7 +4,7 @@
 use autokey_shared::{
     model::OrderStatus,
     store::{self, payments::PaymentEvent as Received},
-    transitions,
+    transitions, webhook_signature,
 };
 use axum::{body::Bytes, extract::State, http::HeaderMap};
 use secrecy::ExposeSecret;
@@ -19,7 +19,6 @@ use crate::{
     extract::{Json, Path},
     orders::view::Order,
     state::AppState,
-    webhook_signature,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {

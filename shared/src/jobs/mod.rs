@@ -128,17 +128,23 @@ impl From<sqlx::Error> for JobError {
     }
 }
 
-/// The durable retry schedule: exponential with jitter, capped. `attempt` counts from 1.
+/// The durable retry schedule of jobs: exponential with jitter, capped at five minutes.
+/// `attempt` counts from 1.
 pub fn retry_delay(attempt: usize, base: Duration) -> Duration {
+    backoff(attempt, base, Duration::from_secs(300))
+}
+
+/// Exponential backoff with jitter from `base`, doubling, capped at `cap`.
+pub fn backoff(attempt: usize, base: Duration, cap: Duration) -> Duration {
     ExponentialBuilder::default()
         .with_min_delay(base)
-        .with_max_delay(Duration::from_secs(300))
+        .with_max_delay(cap)
         .with_factor(2.0)
         .with_jitter()
         .with_max_times(usize::MAX)
         .build()
         .nth(attempt.saturating_sub(1))
-        .unwrap_or(Duration::from_secs(300))
+        .unwrap_or(cap)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! order of a partial index); the test `plans.rs` proves it on un-analyzed tables.
 
 pub mod audit;
+pub mod events;
 pub mod idempotency;
 pub mod keys;
 pub mod offers;
@@ -17,6 +18,7 @@ pub mod orders;
 pub mod payments;
 pub mod pools;
 pub mod tokens;
+pub mod webhooks;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;

@@ -252,7 +252,8 @@ struct Plan {
     backordered: Vec<Uuid>,
 }
 
-pub const WRITE: &str = "WITH dk AS (SELECT * FROM unnest($1::uuid[], $2::uuid[]) AS t(key_id, order_id)),
+pub const WRITE: &str = concat!(
+    "WITH dk AS (SELECT * FROM unnest($1::uuid[], $2::uuid[]) AS t(key_id, order_id)),
      rk AS (SELECT * FROM unnest($3::uuid[], $4::uuid[]) AS t(key_id, order_id)),
      d AS (INSERT INTO order_deliveries (order_id, key_id) SELECT order_id, key_id FROM dk RETURNING 1),
      kd AS (UPDATE keys k SET status = 'DELIVERED', order_id = dk.order_id, delivered_at = now()
@@ -263,13 +264,25 @@ pub const WRITE: &str = "WITH dk AS (SELECT * FROM unnest($1::uuid[], $2::uuid[]
             FROM rk WHERE k.id = rk.key_id AND k.status = 'AVAILABLE' RETURNING 1),
      f AS (UPDATE orders o SET status = 'FULFILLED', fulfilled_at = now()
            FROM unnest($5::uuid[]) AS t(id) WHERE o.id = t.id AND o.status = 'PAID'
-           RETURNING o.id),
+           RETURNING ",
+    crate::order_event_columns!("o"),
+    "),
      b AS (UPDATE orders o SET backordered_at = now()
            FROM unnest($6::uuid[]) AS t(id)
-           WHERE o.id = t.id AND o.status = 'PAID' AND o.backordered_at IS NULL RETURNING 1)
+           WHERE o.id = t.id AND o.status = 'PAID' AND o.backordered_at IS NULL
+           RETURNING ",
+    crate::order_event_columns!("o"),
+    "),
+     ef AS (",
+    crate::order_events!("order.fulfilled", "f"),
+    "),
+     eb AS (",
+    crate::order_events!("order.backordered", "b"),
+    ")
      SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM kd), (SELECT count(*) FROM kr),
             (SELECT count(*) FROM f),
-            (SELECT count(*) FROM (SELECT pg_notify($7, id::text) FROM f) n)";
+            (SELECT count(*) FROM (SELECT pg_notify($7, id::text) FROM f) n)"
+);
 
 impl Plan {
     async fn write(self, conn: &mut PgConnection) -> Result<(), CoreError> {

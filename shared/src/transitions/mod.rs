@@ -25,11 +25,57 @@ use crate::{
     store::{keys::KeyMeta, orders::OrderRow},
 };
 
-pub const PAY: &str =
-    "UPDATE orders o SET status = 'PAID', paid_at = now(), payment_id = t.payment_id
-     FROM unnest($1::uuid[], $2::text[]) AS t(id, payment_id)
-     WHERE o.id = t.id AND o.status = 'PENDING'
-     RETURNING o.id, o.paid_at";
+/// Inserts one event of type `$1` per row of the CTE named by the second argument, which
+/// returns an order's `id`, `offer_id`, `pool_id`, `storefront_id` and `data`
+/// (`order_json`); the seller is the offer's.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! order_events {
+    ($kind:literal, $cte:literal) => {
+        concat!(
+            "INSERT INTO events (id, type, seller_id, storefront_id, pool_id, order_id, data)
+             SELECT gen_random_uuid(), '",
+            $kind,
+            "', f.seller_id, x.storefront_id, x.pool_id, x.id, x.data
+             FROM ",
+            $cte,
+            " x JOIN offers f ON f.id = x.offer_id"
+        )
+    };
+}
+
+/// What an order event's CTE returns of the changed order.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! order_event_columns {
+    ($alias:literal) => {
+        concat!(
+            $alias,
+            ".id, ",
+            $alias,
+            ".offer_id, ",
+            $alias,
+            ".pool_id, ",
+            $alias,
+            ".storefront_id, order_json(",
+            $alias,
+            ") AS data"
+        )
+    };
+}
+
+pub const PAY: &str = concat!(
+    "WITH p AS (UPDATE orders o SET status = 'PAID', paid_at = now(), payment_id = t.payment_id
+         FROM unnest($1::uuid[], $2::text[]) AS t(id, payment_id)
+         WHERE o.id = t.id AND o.status = 'PENDING'
+         RETURNING o.paid_at, ",
+    order_event_columns!("o"),
+    "),
+     e AS (",
+    order_events!("order.paid", "p"),
+    ")
+     SELECT id, paid_at FROM p"
+);
 
 /// PENDING -> PAID for several orders at once, each with its fulfillment job, on the same
 /// transaction (one statement each). Returns the orders that moved, with their `paid_at`;
@@ -70,9 +116,15 @@ pub const RELEASE_RESERVED: &str =
          WHERE order_id = $1 AND status = 'RESERVED'";
 
 pub const CANCEL: &str = concat!(
-    "UPDATE orders SET status = 'CANCELED', canceled_at = now()
-         WHERE id = $1 AND status IN ('PENDING', 'PAID') RETURNING ",
-    crate::order_columns!()
+    "WITH c AS (UPDATE orders o SET status = 'CANCELED', canceled_at = now()
+         WHERE id = $1 AND status IN ('PENDING', 'PAID')
+         RETURNING o.*, order_json(o) AS data),
+     e AS (",
+    order_events!("order.canceled", "c"),
+    ")
+     SELECT ",
+    crate::order_columns!(),
+    " FROM c"
 );
 
 /// PENDING or PAID -> CANCELED for an order the caller has locked (the caller refuses
@@ -106,16 +158,26 @@ pub async fn cancel(
     Ok((canceled, released))
 }
 
-/// AVAILABLE -> INVALID for a key the caller has locked (so it is never sold). The caller
-/// decides what other statuses mean; this refuses anything but AVAILABLE.
+pub const INVALIDATE: &str = concat!(
+    "WITH k AS (UPDATE keys SET status = 'INVALID', invalidated_at = now()
+         WHERE id = $1 AND status = 'AVAILABLE' RETURNING *),
+     e AS (INSERT INTO events (id, type, seller_id, pool_id, data)
+           SELECT gen_random_uuid(), 'key.invalidated', p.seller_id, k.pool_id,
+                  jsonb_build_object('keyId', k.id, 'poolId', k.pool_id,
+                                     'invalidatedAt', k.invalidated_at)
+           FROM k JOIN key_pools p ON p.id = k.pool_id)
+     SELECT ",
+    crate::key_meta_columns!(),
+    " FROM k"
+);
+
+/// AVAILABLE -> INVALID for a key the caller has locked (so it is never sold), with its
+/// `key.invalidated` event. The caller decides what other statuses mean; this refuses
+/// anything but AVAILABLE.
 pub async fn invalidate(conn: &mut PgConnection, key_id: Uuid) -> Result<KeyMeta, CoreError> {
-    let row: Option<KeyMeta> = sqlx::query_as(concat!(
-        "UPDATE keys SET status = 'INVALID', invalidated_at = now()
-         WHERE id = $1 AND status = 'AVAILABLE' RETURNING ",
-        crate::key_meta_columns!()
-    ))
-    .bind(key_id)
-    .fetch_optional(conn)
-    .await?;
+    let row: Option<KeyMeta> = sqlx::query_as(INVALIDATE)
+        .bind(key_id)
+        .fetch_optional(conn)
+        .await?;
     row.ok_or_else(|| CoreError::invariant(format!("key {key_id} was not AVAILABLE")))
 }
