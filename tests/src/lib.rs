@@ -38,6 +38,8 @@ pub struct AppOptions {
     pub simulated_payments: bool,
     /// Generous by default, so that only the tests about limits meet them.
     pub limits: autokey_api::settings::Limits,
+    /// Loopback receivers in tests need it; the SSRF tests turn it off.
+    pub webhook_allow_private_urls: bool,
 }
 
 impl Default for AppOptions {
@@ -45,6 +47,7 @@ impl Default for AppOptions {
         Self {
             simulated_payments: true,
             limits: autokey_api::settings::Limits::generous(),
+            webhook_allow_private_urls: true,
         }
     }
 }
@@ -77,7 +80,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
 fn app_state(pool: PgPool, vault: Arc<Vault>, options: &AppOptions) -> AppState {
     let settings = Settings {
         simulated_payments: options.simulated_payments,
-        webhook_allow_private_urls: true,
+        webhook_allow_private_urls: options.webhook_allow_private_urls,
         webhook_secret: Some(secrecy::SecretBox::new(Box::new(WEBHOOK_SECRET.to_vec()))),
         metrics_token: Some(secrecy::SecretBox::new(Box::new(METRICS_TOKEN.to_owned()))),
         limits: options.limits.clone(),

@@ -211,7 +211,9 @@ async fn concurrent_deliveries_cross_a_threshold_once() {
     let seen = events(&app, &seller, None).await;
     let kinds = types(&seen);
     let count = |k: &str| kinds.iter().filter(|t| **t == k).count();
-    assert_eq!(count("pool.low_stock"), 1, "{kinds:?}");
+    // Low stock is crossed once, or skipped when one batch takes the pool from above the
+    // threshold straight to empty (then out of stock is the one crossing).
+    assert!(count("pool.low_stock") <= 1, "{kinds:?}");
     assert_eq!(count("pool.out_of_stock"), 1, "{kinds:?}");
     assert_eq!(count("pool.restocked"), 1, "{kinds:?}");
     assert_eq!(count("order.paid"), 12);

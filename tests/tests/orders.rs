@@ -282,7 +282,10 @@ async fn two_hundred_orders_on_150_keys_then_50_more_keys_fulfil_all_without_a_k
     let shop = fixtures::shop(&app, 150).await;
     let storefront = app.storefront().await;
     let workers: Vec<_> = (0..3).map(|_| app.start_worker()).collect();
-    let ids: Vec<Uuid> = futures::future::join_all((0..200).map(|_| {
+    // All 200 are placed while 150 keys are sellable (payments come after), 32 storefront
+    // requests in flight at a time: many at once, within a test's pool.
+    use futures::StreamExt;
+    let ids: Vec<Uuid> = futures::stream::iter((0..200).map(|_| {
         let (app, sf) = (&app, &storefront);
         async move {
             let r = app
@@ -293,12 +296,16 @@ async fn two_hundred_orders_on_150_keys_then_50_more_keys_fulfil_all_without_a_k
                 )
                 .await;
             assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-            let id: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
-            pay(app, sf, id).await;
-            id
+            r.body["id"].as_str().unwrap().parse::<Uuid>().unwrap()
         }
     }))
+    .buffer_unordered(32)
+    .collect()
     .await;
+    futures::stream::iter(ids.iter().map(|id| pay(&app, &storefront, *id)))
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
     let count = |status: &'static str| {
         let pool = app.pool.clone();
         async move {

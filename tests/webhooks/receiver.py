@@ -1,7 +1,7 @@
 """A webhook receiver that checks autokey's signatures with the official Standard Webhooks
-library. Usage: receiver.py <whsec_secret> <port-file>. It listens on 127.0.0.1 (a free
-port, written to <port-file>), answers 204 to a correctly signed POST and 401 otherwise,
-and prints one JSON line per request: {"verified": bool, "id": webhook-id, "type": ...}.
+library. Usage: receiver.py <whsec_secret> <port>. It listens on 127.0.0.1:<port>, prints
+"ready", then answers 204 to a correctly signed POST and 401 otherwise, printing one JSON
+line per request: {"verified": bool, "id": webhook-id, "type": ...}.
 """
 
 import json
@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-SECRET, PORT_FILE = sys.argv[1], sys.argv[2]
+SECRET, PORT = sys.argv[1], int(sys.argv[2])
 VERIFIER = Webhook(SECRET)
 
 
@@ -32,7 +32,6 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-server = HTTPServer(("127.0.0.1", 0), Handler)
-with open(PORT_FILE, "w") as f:
-    f.write(str(server.server_port))
+server = HTTPServer(("127.0.0.1", PORT), Handler)
+print("ready", flush=True)
 server.serve_forever()

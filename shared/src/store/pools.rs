@@ -34,14 +34,16 @@ macro_rules! pool_columns {
 }
 
 /// Keys of pool row `p` that can still be sold, never below 0. Keys RESERVED are held for
-/// PAID orders, so the units still owed (`owed_units`, units of PAID orders) are covered by
-/// those first and then by AVAILABLE ones: this is API.md's "AVAILABLE minus units paid and
-/// not yet delivered" without counting a reserved unit twice.
+/// PAID orders, so the units still owed (units of PAID orders, kept in the pool's 16
+/// `pool_owed` stripes) are covered by those first and then by AVAILABLE ones: this is
+/// API.md's "AVAILABLE minus units paid and not yet delivered" without counting a reserved
+/// unit twice.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! sellable_of_pool_p {
     () => {
-        "greatest(0, p.available_keys + p.reserved_keys - p.owed_units)::bigint"
+        "greatest(0, p.available_keys + p.reserved_keys
+             - coalesce((SELECT sum(w.units) FROM pool_owed w WHERE w.pool_id = p.id), 0))::bigint"
     };
 }
 
