@@ -1,5 +1,9 @@
-//! The OpenAPI document (generated from the handlers' annotations) and the offline
-//! Swagger UI at `/docs`.
+//! The OpenAPI document (generated from the handlers' annotations, then completed by
+//! [`policy`]) and the offline Swagger UI at `/docs`. `autokey-api openapi` prints the same
+//! document; `docs/openapi.json` is its committed copy (a test keeps the two equal).
+
+mod policy;
+pub mod text;
 
 use axum::Router;
 use utoipa::{
@@ -39,6 +43,41 @@ pub fn base() -> utoipa::openapi::OpenApi {
     BaseDoc::openapi()
 }
 
-pub fn docs_router(api: utoipa::openapi::OpenApi) -> Router<AppState> {
-    Router::new().merge(SwaggerUi::new("/docs").url("/api/openapi.json", api))
+/// The document as served: the routes' annotations completed by [`policy`].
+pub fn finish(api: utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut doc = serde_json::to_value(&api).expect("the OpenAPI document serializes");
+    policy::apply(&mut doc);
+    doc
+}
+
+/// The whole document, as `/api/openapi.json` serves it.
+pub fn document() -> serde_json::Value {
+    let (_, api) = crate::api_router().split_for_parts();
+    finish(api)
+}
+
+/// The document as pretty JSON, ASCII only (characters beyond it as `\u` escapes, so that
+/// invisible characters in patterns show in diffs), with a final newline: the committed
+/// `docs/openapi.json`.
+pub fn document_json() -> String {
+    let pretty =
+        serde_json::to_string_pretty(&document()).expect("the OpenAPI document serializes");
+    let mut out = String::with_capacity(pretty.len() + 1);
+    for c in pretty.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            // Only strings hold non-ASCII characters in JSON text: escape them there.
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out.push('\n');
+    out
+}
+
+pub fn docs_router(api: serde_json::Value) -> Router<AppState> {
+    Router::new().merge(SwaggerUi::new("/docs").external_url_unchecked("/api/openapi.json", api))
 }
