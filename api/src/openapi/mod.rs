@@ -56,22 +56,19 @@ pub fn document() -> serde_json::Value {
     finish(api)
 }
 
-/// The document as pretty JSON, ASCII only (characters beyond it as `\u` escapes, so that
-/// invisible characters in patterns show in diffs), with a final newline: the committed
-/// `docs/openapi.json`.
+/// The document as pretty JSON with a final newline: the committed `docs/openapi.json`.
+/// Characters of the Basic Multilingual Plane beyond ASCII are spelled as `\u` escapes, so
+/// that the invisible ones in patterns show in diffs; those beyond it stay UTF-8, since YAML
+/// readers of JSON (openapi-spec-validator's) refuse the surrogate pairs that would spell them.
 pub fn document_json() -> String {
     let pretty =
         serde_json::to_string_pretty(&document()).expect("the OpenAPI document serializes");
     let mut out = String::with_capacity(pretty.len() + 1);
     for c in pretty.chars() {
-        if c.is_ascii() {
-            out.push(c);
-        } else {
+        match c as u32 {
+            0..=0x7F | 0x10000.. => out.push(c),
             // Only strings hold non-ASCII characters in JSON text: escape them there.
-            let mut units = [0u16; 2];
-            for unit in c.encode_utf16(&mut units) {
-                out.push_str(&format!("\\u{unit:04x}"));
-            }
+            code => out.push_str(&format!("\\u{code:04x}")),
         }
     }
     out.push('\n');
