@@ -256,6 +256,7 @@ impl TestApp {
 }
 
 pub mod fixtures;
+pub mod tools;
 
 /// A worker running in-process against the test's database.
 pub struct WorkerHandle {
