@@ -57,7 +57,9 @@ pub struct KeyPage {
 #[utoipa::path(get, path = "/key-pools/{poolId}/keys", tag = "key pools", security(("bearer" = [])),
     params(("poolId" = Uuid, Path), ListKeysParams),
     responses(
-        (status = 200, body = KeyPage, description = "A page of the pool's keys (metadata only), oldest first."),
+        (status = 200, body = KeyPage, description = "A page of the pool's keys (metadata only), oldest first.",
+            links(("invalidateKey" = (operation_id = "invalidateKey", parameters(
+                ("poolId" = "$request.path.poolId"), ("keyId" = "$response.body#/items/0/id")))))),
         (status = 400, description = "bad status, limit, cursor or id", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 403, description = "not a seller token", body = ErrorBody),
