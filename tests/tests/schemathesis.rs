@@ -104,6 +104,7 @@ async fn schemathesis_finds_nothing_with_any_role() {
                 "--no-color",
             ])
             .args(["--header", &format!("Authorization: Bearer {token}")])
+            .current_dir(&dir) // it keeps a cache in .schemathesis/ there
             .env("SCHEMATHESIS_HOOKS", "hooks")
             .env(
                 "PYTHONPATH",

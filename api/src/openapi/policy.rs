@@ -46,6 +46,14 @@ fn operation(op: &mut Map<String, Value>) {
         .get("parameters")
         .and_then(Value::as_array)
         .is_some_and(|p| !p.is_empty());
+    for param in op
+        .get_mut("parameters")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        not_null(param);
+    }
     let json_body = op
         .get("requestBody")
         .and_then(|b| b.get("content"))
@@ -94,6 +102,21 @@ fn operation(op: &mut Map<String, Value>) {
                 .expect("headers is an object")
                 .entry("Retry-After")
                 .or_insert_with(retry_after);
+        }
+    }
+}
+
+/// A header or path parameter is absent or a string, never null (an optional one is
+/// generated from an `Option` as "string or null").
+fn not_null(param: &mut Value) {
+    if !matches!(param["in"].as_str(), Some("header" | "path")) {
+        return;
+    }
+    if let Some(Value::Array(types)) = param.get_mut("schema").and_then(|s| s.get_mut("type")) {
+        types.retain(|t| t != "null");
+        if let [only] = types.as_slice() {
+            let only = only.clone();
+            param["schema"]["type"] = only;
         }
     }
 }
@@ -173,7 +196,8 @@ mod tests {
         let mut doc = json!({"paths": {"/x/{id}": {"post": {
             "operationId": "do_it",
             "security": [{"bearer": []}],
-            "parameters": [{"name": "id", "in": "path"}],
+            "parameters": [{"name": "id", "in": "path"},
+                {"name": "k", "in": "header", "schema": {"type": ["string", "null"]}}],
             "requestBody": {"content": {"application/json": {}}},
             "responses": {"200": {}},
         }}}});
@@ -187,5 +211,6 @@ mod tests {
             );
         }
         assert!(op["responses"]["429"]["headers"]["Retry-After"].is_object());
+        assert_eq!(op["parameters"][1]["schema"]["type"], "string");
     }
 }
