@@ -34,6 +34,7 @@ const FEED_SLICE: usize = 16 * 1024;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(example = json!({"keys": ["KEY-AAAAA-00001", "KEY-AAAAA-00002"]}))]
 pub struct UploadKeys {
     /// At most 1000 keys.
     #[schema(max_items = 1000)]
