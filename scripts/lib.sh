@@ -131,9 +131,10 @@ ensure_browser_test_deps() {
 # tests/clients/package-lock.json, again only when that file (or Node) changes.
 ensure_node_modules() {
   local dir="$ROOT/tests/clients" stamp want
-  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-    apt_install nodejs npm
-  fi
+  # (A nodejs package that bundles npm, as NodeSource's does, conflicts with Debian's npm.)
+  command -v node >/dev/null || apt_install nodejs
+  command -v npm >/dev/null || apt_install npm
+  command -v npm >/dev/null || { echo "npm is still missing" >&2; exit 1; }
   want="$( (cat "$dir/package-lock.json"; node --version) | sha256sum | cut -d' ' -f1)"
   stamp="$dir/node_modules/.package-lock.sha256"
   if [ -d "$dir/node_modules" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
