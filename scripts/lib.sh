@@ -125,3 +125,40 @@ ensure_browser_test_deps() {
   ensure_chromium
   ensure_python_venv
 }
+
+# Node (Debian's nodejs and npm, installed when missing) and tests/clients/node_modules/
+# (git-ignored): the TypeScript client generator and compiler, installed by `npm ci` from
+# tests/clients/package-lock.json, again only when that file (or Node) changes.
+ensure_node_modules() {
+  local dir="$ROOT/tests/clients" stamp want
+  # (A nodejs package that bundles npm, as NodeSource's does, conflicts with Debian's npm.)
+  command -v node >/dev/null || apt_install nodejs
+  command -v npm >/dev/null || apt_install npm
+  command -v npm >/dev/null || { echo "npm is still missing" >&2; exit 1; }
+  want="$( (cat "$dir/package-lock.json"; node --version) | sha256sum | cut -d' ' -f1)"
+  stamp="$dir/node_modules/.package-lock.sha256"
+  if [ -d "$dir/node_modules" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    return
+  fi
+  log "installing tests/clients/node_modules (npm ci)"
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$want" >"$stamp"
+}
+
+# cargo-audit (crates.io), built once into ~/.cargo/bin (a few minutes the first time).
+CARGO_AUDIT_VERSION=0.22.2
+ensure_cargo_audit() {
+  if cargo audit --version 2>/dev/null | grep -qF "$CARGO_AUDIT_VERSION"; then
+    return
+  fi
+  log "installing cargo-audit $CARGO_AUDIT_VERSION (cargo install, once)"
+  cargo install --locked --quiet cargo-audit --version "$CARGO_AUDIT_VERSION"
+}
+
+# Every outside tool of the test suite: the browser test's, the venv's (schemathesis,
+# openapi-spec-validator, openapi-python-client, standardwebhooks), Node's, cargo-audit.
+ensure_test_tools() {
+  ensure_browser_test_deps
+  ensure_node_modules
+  ensure_cargo_audit
+}

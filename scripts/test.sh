@@ -12,8 +12,11 @@ export SQLX_OFFLINE=true
 
 drop_databases_with_prefix autokey_test_
 
-# The seller console's browser test drives Debian's chromium from a Python venv (.venv/).
-ensure_browser_test_deps
+# Outside tools of the suite (scripts/test-deps.sh): Debian's chromium and a Python venv
+# (.venv/: Playwright, schemathesis, openapi-spec-validator, openapi-python-client,
+# standardwebhooks), Node with tests/clients/node_modules (openapi-typescript, openapi-fetch,
+# typescript), cargo-audit.
+ensure_test_tools
 
 log "building"
 # The CLI tests run the real binaries (target/debug/autokey-api and autokey-worker).
@@ -22,6 +25,11 @@ cargo build --workspace --bins --locked
 log "running the test suite"
 # Tests mostly wait on the database, so run more of them at once than there are cores.
 cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-6}" "$@"
+
+# RustSec advisories against Cargo.lock (scripts/audit.sh says loudly when it cannot fetch
+# the advisory database).
+log "auditing Cargo.lock"
+./scripts/audit.sh
 
 # The fault suite (RELIABILITY.md): the release binaries under worker kills, a database
 # restart, terminated connections and a rolling api restart, on a private PostgreSQL

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use autokey_shared::error::CoreError;
 use axum::{
     Json,
-    extract::rejection::{JsonRejection, PathRejection, QueryRejection},
+    extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -177,6 +177,17 @@ impl From<JsonRejection> for ApiError {
                 ApiError::UnsupportedMediaType("expected Content-Type: application/json".into())
             }
             _ => ApiError::validation(rejection.body_text()),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::PayloadTooLarge("the request body is too large".into())
+            }
+            _ => ApiError::validation("the request body could not be read"),
         }
     }
 }

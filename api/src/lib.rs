@@ -33,7 +33,7 @@ pub fn app(state: AppState) -> Router {
     let (router, api) = api_router().split_for_parts();
     let max_in_flight = state.settings.limits.max_concurrent_requests;
     router
-        .merge(openapi::docs_router(api))
+        .merge(openapi::docs_router(openapi::finish(api)))
         .fallback(middleware::fallback)
         .method_not_allowed_fallback(middleware::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -260,6 +260,7 @@ impl TestApp {
 }
 
 pub mod fixtures;
+pub mod tools;
 
 /// A worker running in-process against the test's database.
 pub struct WorkerHandle {

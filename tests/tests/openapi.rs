@@ -134,3 +134,111 @@ async fn inventory_and_offer_routes_document_auth_and_error_bodies() {
         assert!(report[field].is_object(), "UploadReport.{field}");
     }
 }
+
+/// `docs/openapi.json` is what the server serves, so that API changes show in review diffs.
+#[tokio::test]
+async fn the_committed_document_is_the_one_served() {
+    let served = spec().await;
+    let path = autokey_tests::tools::workspace_root().join("docs/openapi.json");
+    let committed: Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("docs/openapi.json"))
+            .expect("docs/openapi.json is JSON");
+    if committed != served {
+        let mut differ = Vec::new();
+        for section in ["paths", "components"] {
+            let (a, b) = (&committed[section], &served[section]);
+            let keys: std::collections::BTreeSet<&String> = a
+                .as_object()
+                .into_iter()
+                .chain(b.as_object())
+                .flat_map(|m| m.keys())
+                .collect();
+            differ.extend(
+                keys.into_iter()
+                    .filter(|k| a[*k] != b[*k])
+                    .map(|k| format!("{section}.{k}")),
+            );
+        }
+        panic!(
+            "docs/openapi.json differs from /api/openapi.json (at {differ:?}); write it again with\n  \
+             cargo run -q -p autokey-api -- openapi > docs/openapi.json"
+        );
+    }
+}
+
+/// What OpenAPI requires and generated clients rely on, for every operation.
+#[tokio::test]
+async fn every_operation_is_complete() {
+    let spec = spec().await;
+    assert_eq!(spec["openapi"], "3.1.0");
+    let ops = operations(&spec);
+    let ids: Vec<&str> = ops
+        .iter()
+        .map(|(m, p, op)| {
+            op["operationId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{m} {p}: operationId"))
+        })
+        .collect();
+    for (id, (method, path, op)) in ids.iter().zip(&ops) {
+        let camel = id.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+            && id.chars().all(|c| c.is_ascii_alphanumeric());
+        assert!(camel, "{method} {path}: operationId {id} is not camelCase");
+        assert_eq!(ids.iter().filter(|i| *i == id).count(), 1, "{id} twice");
+        let responses = op["responses"].as_object().unwrap();
+        for (status, response) in responses {
+            let described = response["description"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty());
+            assert!(described, "{method} {path} {status}: no description");
+            for link in response["links"]
+                .as_object()
+                .into_iter()
+                .flat_map(|l| l.values())
+            {
+                let target = link["operationId"].as_str().unwrap_or("");
+                assert!(ids.contains(&target), "{method} {path}: link to {target}");
+            }
+        }
+        let mut required = vec!["429", "503"];
+        if op["security"].as_array().is_some_and(|s| !s.is_empty()) {
+            required.push("401");
+        }
+        if op["requestBody"].is_object() {
+            required.extend(["400", "413"]);
+        }
+        for status in required {
+            assert!(
+                responses.contains_key(status),
+                "{method} {path}: no {status}"
+            );
+        }
+        assert!(
+            responses["429"]["headers"]["Retry-After"].is_object(),
+            "{method} {path}: 429 without Retry-After"
+        );
+    }
+    let create = &spec["paths"]["/orders"]["post"]["responses"]["201"]["links"];
+    for target in ["getOrder", "payOrder", "cancelOrder", "fulfillOrder"] {
+        assert_eq!(
+            create[target]["operationId"], target,
+            "createOrder links {target}"
+        );
+    }
+}
+
+/// `openapi-spec-validator` (tests/python-requirements.txt) accepts the served document.
+#[tokio::test]
+async fn the_document_validates_as_openapi_3_1() {
+    let app = spawn_app().await;
+    let dir = autokey_tests::tools::artifacts_dir("openapi-validate");
+    let (_, file) = autokey_tests::tools::served_spec(&app, &dir).await;
+    let validator = autokey_tests::tools::venv_bin("openapi-spec-validator");
+    let out = autokey_tests::tools::run(
+        "openapi-spec-validator",
+        tokio::process::Command::new(validator).arg(&file),
+        std::time::Duration::from_secs(120),
+    )
+    .await;
+    assert!(out.contains("OK"), "{out}");
+}

@@ -51,6 +51,9 @@ pub enum Command {
     },
     /// Print fresh secrets in .env format.
     Keygen,
+    /// Print the OpenAPI document served at /api/openapi.json (committed as
+    /// docs/openapi.json: `autokey-api openapi > docs/openapi.json`).
+    Openapi,
 }
 
 /// Runs the CLI; returns the process exit code. (`.env` was read before parsing.)
@@ -58,6 +61,10 @@ pub async fn run(cli: Cli) -> i32 {
     match cli.command {
         Some(Command::Keygen) => {
             print!("{}", config::generate_env_secrets());
+            0
+        }
+        Some(Command::Openapi) => {
+            print!("{}", crate::openapi::document_json());
             0
         }
         Some(Command::Migrate) => exit_code(migrate().await),

@@ -63,8 +63,8 @@ fn hash_source(text: &str) -> String {
 }
 
 /// The seller web console (HTML): pools and their counts, key upload, keys, offers.
-#[utoipa::path(get, path = "/seller", tag = "console", responses(
-    (status = 200, description = "the console page", content_type = "text/html", body = String),
+#[utoipa::path(get, path = "/seller", tag = "console", operation_id = "getSellerConsole", responses(
+    (status = 200, description = "The console page.", content_type = "text/html", body = String),
 ))]
 async fn console() -> impl IntoResponse {
     (

@@ -12,14 +12,16 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// The process is alive.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "alive")))]
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses(
+    (status = 200, description = "Alive.", content_type = "text/plain", body = String, example = "ok"),
+))]
 async fn healthz() -> &'static str {
     "ok"
 }
 
 /// The database answers and every migration is applied.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
-    (status = 200, description = "ready"),
+    (status = 200, description = "Ready.", content_type = "text/plain", body = String, example = "ready"),
     (status = 503, description = "database unreachable or migrations missing", body = crate::error::ErrorBody),
 ))]
 async fn readyz(State(state): State<AppState>) -> Result<(StatusCode, &'static str), ApiError> {

@@ -38,7 +38,8 @@ pub const MAX_LIMIT: i64 = 500;
 pub struct ListKeysParams {
     /// Only keys in this status.
     status: Option<KeyStatus>,
-    /// Page size, 1..=500 (default 50).
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// `nextCursor` of the previous page.
     cursor: Option<String>,
@@ -56,7 +57,9 @@ pub struct KeyPage {
 #[utoipa::path(get, path = "/key-pools/{poolId}/keys", tag = "key pools", security(("bearer" = [])),
     params(("poolId" = Uuid, Path), ListKeysParams),
     responses(
-        (status = 200, body = KeyPage),
+        (status = 200, body = KeyPage, description = "A page of the pool's keys (metadata only), oldest first.",
+            links(("invalidateKey" = (operation_id = "invalidateKey", parameters(
+                ("poolId" = "$request.path.poolId"), ("keyId" = "$response.body#/items/0/id")))))),
         (status = 400, description = "bad status, limit, cursor or id", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 403, description = "not a seller token", body = ErrorBody),
@@ -87,7 +90,7 @@ async fn list_keys(
     security(("bearer" = [])),
     params(("poolId" = Uuid, Path), ("keyId" = Uuid, Path)),
     responses(
-        (status = 200, body = KeyMeta),
+        (status = 200, body = KeyMeta, description = "The key, INVALID."),
         (status = 400, description = "malformed id", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 403, description = "not a seller token", body = ErrorBody),

@@ -21,8 +21,8 @@ struct Me {
 }
 
 /// The principal of the bearer token.
-#[utoipa::path(get, path = "/me", tag = "auth", security(("bearer" = [])), responses(
-    (status = 200, body = Me),
+#[utoipa::path(get, path = "/me", tag = "auth", operation_id = "getMe", security(("bearer" = [])), responses(
+    (status = 200, body = Me, description = "Who the token acts as."),
     (status = 401, body = crate::error::ErrorBody),
 ))]
 async fn me(auth: Auth) -> Json<Me> {

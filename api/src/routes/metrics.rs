@@ -98,8 +98,9 @@ fn may_scrape(
 }
 
 /// Prometheus metrics (admin token or METRICS_TOKEN).
-#[utoipa::path(get, path = "/metrics", tag = "operations", security(("bearer" = [])), responses(
-    (status = 200, description = "Prometheus text exposition format", content_type = "text/plain"),
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "getMetrics",
+    security(("bearer" = [])), responses(
+    (status = 200, description = "Prometheus text exposition format.", content_type = "text/plain", body = String),
     (status = 401, body = crate::error::ErrorBody, description = "no token, or not the metrics token"),
     (status = 403, body = crate::error::ErrorBody, description = "a token that is not an admin's"),
     (status = 503, body = crate::error::ErrorBody),

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::{
     auth::Auth,
     error::{ApiError, ConstraintExt, ErrorBody},
-    extract::{Json, Path, Query},
+    extract::{Json, Path, Query, int},
     pagination::{self, PageParams},
     state::AppState,
 };
@@ -103,32 +103,37 @@ async fn present(conn: &mut PgConnection, row: OfferRow) -> Result<Offer, ApiErr
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(example = json!({"title": "Space Game (Steam key)", "priceCents": 1999, "currency": "EUR",
+    "deliveryType": "AUTO_KEY", "keyPoolId": "0193a5e4-7b1c-7d2e-9f00-1a2b3c4d5e6f"}))]
 pub struct Draft {
     /// The draft to update; omitted to create one.
     id: Option<Uuid>,
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(schema_with = crate::openapi::text::offer_title)]
     title: String,
     #[schema(minimum = 0, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "int::required")]
     price_cents: i64,
-    /// An ISO 4217 code, upper case.
-    #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
+    #[schema(schema_with = crate::openapi::text::currency)]
     currency: String,
     delivery_type: DeliveryType,
     /// One of the seller's key pools; required to publish an AUTO_KEY offer.
     key_pool_id: Option<Uuid>,
     /// Declared stock of a MANUAL offer; not used by AUTO_KEY offers.
     #[schema(minimum = 0)]
+    #[serde(default, deserialize_with = "int::optional")]
     stock_count: Option<i32>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(example = json!({"offerId": "0193a5e4-7b1c-7d2e-9f00-1a2b3c4d5e70"}))]
 pub struct Publish {
     offer_id: Uuid,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(example = json!({"status": "inactive"}))]
 pub struct StatusChange {
     status: OfferStatus,
 }
@@ -222,11 +227,20 @@ fn check_publishable(row: &OfferRow) -> Result<(), ApiError> {
 
 /// Creates a draft offer (201), or replaces the fields of one of the caller's drafts
 /// when `id` is given (200). Only drafts can be edited (409 otherwise).
-#[utoipa::path(post, path = "/offers/draft", tag = "offers", security(("bearer" = [])),
+#[utoipa::path(post, path = "/offers/draft", tag = "offers", operation_id = "saveDraft",
+    security(("bearer" = [])),
     request_body = Draft,
     responses(
-        (status = 201, description = "draft created", body = Offer),
-        (status = 200, description = "draft updated", body = Offer),
+        (status = 201, description = "The draft, created.", body = Offer, links(
+            ("getOffer" = (operation_id = "getOffer", parameters(("id" = "$response.body#/id")))),
+            ("setOfferStatus" = (operation_id = "setOfferStatus", parameters(("id" = "$response.body#/id")))),
+            ("publishOffer" = (operation_id = "publishOffer", request_body = json!({"offerId": "$response.body#/id"}))),
+        )),
+        (status = 200, description = "The draft, updated.", body = Offer, links(
+            ("getOffer" = (operation_id = "getOffer", parameters(("id" = "$response.body#/id")))),
+            ("setOfferStatus" = (operation_id = "setOfferStatus", parameters(("id" = "$response.body#/id")))),
+            ("publishOffer" = (operation_id = "publishOffer", request_body = json!({"offerId": "$response.body#/id"}))),
+        )),
         (status = 400, description = "invalid field, or keyPoolId not the caller's", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 403, description = "not a seller token", body = ErrorBody),
@@ -271,10 +285,11 @@ async fn save_draft(
 
 /// Puts one of the caller's offers on sale (status `active`). Publishing an AUTO_KEY
 /// offer whose pool holds no key is allowed: it is then out of stock.
-#[utoipa::path(post, path = "/offers/publish", tag = "offers", security(("bearer" = [])),
+#[utoipa::path(post, path = "/offers/publish", tag = "offers", operation_id = "publishOffer",
+    security(("bearer" = [])),
     request_body = Publish,
     responses(
-        (status = 200, body = Offer),
+        (status = 200, body = Offer, description = "The offer, active."),
         (status = 400, description = "AUTO_KEY offer without keyPoolId, or invalid body", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 403, description = "not a seller token", body = ErrorBody),
@@ -289,11 +304,12 @@ async fn publish(
 }
 
 /// Sets the status of one of the caller's offers (`active` as with publish).
-#[utoipa::path(patch, path = "/offers/{id}/status", tag = "offers", security(("bearer" = [])),
+#[utoipa::path(patch, path = "/offers/{id}/status", tag = "offers", operation_id = "setOfferStatus",
+    security(("bearer" = [])),
     params(("id" = Uuid, Path)),
     request_body = StatusChange,
     responses(
-        (status = 200, body = Offer),
+        (status = 200, body = Offer, description = "The offer in its new status."),
         (status = 400, description = "AUTO_KEY offer without keyPoolId, or invalid body or id", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 403, description = "not a seller token", body = ErrorBody),
@@ -331,10 +347,12 @@ async fn change_status(
 }
 
 /// The caller's offers, oldest first, in every status.
-#[utoipa::path(get, path = "/seller/offers", tag = "offers", security(("bearer" = [])),
+#[utoipa::path(get, path = "/seller/offers", tag = "offers", operation_id = "listSellerOffers",
+    security(("bearer" = [])),
     params(PageParams),
     responses(
-        (status = 200, body = OfferList),
+        (status = 200, body = OfferList, description = "A page of the caller's offers, oldest first."),
+        (status = 400, description = "`validation_failed`: a bad limit or cursor.", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 403, description = "not a seller token", body = ErrorBody),
     ))]
@@ -371,7 +389,7 @@ async fn seller_offers(
 #[utoipa::path(get, path = "/offers/{id}", tag = "offers", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
     responses(
-        (status = 200, body = Offer),
+        (status = 200, body = Offer, description = "The offer with its live availability."),
         (status = 400, description = "malformed id", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 404, description = "no such offer, or not active and not the caller's", body = ErrorBody),

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::{
     auth::{Auth, BuyerSide},
     error::{ApiError, ApiResult, ConstraintExt, ErrorBody},
-    extract::{Json, Path, Query},
+    extract::{Json, Path, Query, int},
     orders::{
         idempotency, open_keys,
         view::{Order, OrderPage},
@@ -41,9 +41,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(example = json!({"offerId": "0193a5e4-7b1c-7d2e-9f00-1a2b3c4d5e70", "quantity": 1,
+    "buyerId": "6f1c2b9e-3d4a-4e5f-8a7b-9c0d1e2f3a4b"}))]
 pub struct CreateOrder {
     offer_id: Uuid,
-    /// 1..100, default 1.
+    /// Units, each one key (default 1).
+    #[schema(minimum = 1, maximum = 100, default = 1)]
+    #[serde(default, deserialize_with = "int::optional")]
     quantity: Option<i32>,
     /// Required for storefront tokens (their own id for the customer); a buyer may only
     /// give its own id.
@@ -53,12 +57,20 @@ pub struct CreateOrder {
 /// Place an order (PENDING).
 #[utoipa::path(post, path = "/orders", tag = "orders", security(("bearer" = [])),
     request_body = CreateOrder,
-    params(("Idempotency-Key" = Option<String>, Header, description = "<= 255 chars; same key + same body = same order")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7e]([\\x20-\\x7e\\t]*[\\x21-\\x7e])?$",
+        description = "Visible ASCII, 1 to 255 characters, per caller: the same key with the same body gives the same order; with another body, 409 `idempotency_mismatch`.")),
     responses(
-        (status = 201, body = Order, description = "created (or replayed for a repeated Idempotency-Key)"),
-        (status = 400, body = ErrorBody, description = "validation_failed, offer_unavailable, out_of_stock"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 409, body = ErrorBody, description = "idempotency_mismatch"),
+        (status = 201, body = Order, description = "The order, PENDING (or the order an earlier request with this Idempotency-Key created).",
+            links(
+            ("getOrder" = (operation_id = "getOrder", parameters(("id" = "$response.body#/id")))),
+            ("payOrder" = (operation_id = "payOrder", parameters(("id" = "$response.body#/id")))),
+            ("fulfillOrder" = (operation_id = "fulfillOrder", parameters(("id" = "$response.body#/id")))),
+            ("cancelOrder" = (operation_id = "cancelOrder", parameters(("id" = "$response.body#/id")))),
+        )),
+        (status = 400, body = ErrorBody, description = "`validation_failed` (a malformed body or Idempotency-Key, a storefront without `buyerId`, a buyer naming another buyer), `offer_unavailable` (no such offer, or not active) or `out_of_stock` (fewer sellable keys than `quantity`).",
+            example = json!({"error": {"code": "out_of_stock", "message": "not enough keys are available for this quantity"}})),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "`forbidden`: not a buyer or storefront token."),
+        (status = 409, body = ErrorBody, description = "`idempotency_mismatch`: this Idempotency-Key was used with a different request."),
     ))]
 async fn create_order(
     State(state): State<AppState>,
@@ -168,8 +180,10 @@ pub async fn read(state: &AppState, auth: &Auth, id: Uuid, route: &str) -> ApiRe
 /// Read an order; keys are included when FULFILLED.
 #[utoipa::path(get, path = "/orders/{id}", tag = "orders", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = Order), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Order, description = "The order; `keys` when FULFILLED (this read is audit-logged)."),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "`forbidden`: not a buyer or storefront token."),
+        (status = 404, body = ErrorBody, description = "`not_found`: no such order, or one this buyer or storefront did not place.")))]
 async fn get_order(
     State(state): State<AppState>,
     auth: Auth,
@@ -183,7 +197,8 @@ async fn get_order(
 #[into_params(parameter_in = Query)]
 pub struct ListOrders {
     status: Option<OrderStatus>,
-    /// 1..200, default 50.
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     cursor: Option<String>,
     /// Required for storefront tokens.
@@ -192,8 +207,10 @@ pub struct ListOrders {
 
 /// List orders, newest first (buyer: own; storefront: `buyerId` required). No keys.
 #[utoipa::path(get, path = "/orders", tag = "orders", security(("bearer" = [])), params(ListOrders),
-    responses((status = 200, body = OrderPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = OrderPage, description = "A page of the caller's orders, newest first."),
+        (status = 400, body = ErrorBody, description = "`validation_failed`: a bad status, limit or cursor, a storefront without `buyerId`, or a buyer naming another buyer."),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "`forbidden`: not a buyer or storefront token.")))]
 async fn list_orders(
     State(state): State<AppState>,
     auth: Auth,
@@ -226,8 +243,11 @@ async fn list_orders(
 /// Cancel a PENDING or PAID (not yet delivered) order; its reserved keys return to the pool.
 #[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = Order), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "conflict: already FULFILLED")))]
+    responses((status = 200, body = Order, description = "The order, CANCELED (also when it already was)."),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "`forbidden`: not a buyer or storefront token."),
+        (status = 404, body = ErrorBody, description = "`not_found`: no such order, or one this buyer or storefront did not place."),
+        (status = 409, body = ErrorBody, description = "`conflict`: the order is FULFILLED.")))]
 async fn cancel_order(
     State(state): State<AppState>,
     auth: Auth,
@@ -264,7 +284,8 @@ async fn cancel_order(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct FulfillParams {
-    /// Seconds to wait for the worker: 0..30, default 5.
+    /// Seconds to wait for the worker (default 5).
+    #[param(minimum = 0, maximum = 30)]
     wait: Option<u64>,
 }
 
@@ -272,10 +293,12 @@ pub struct FulfillParams {
 #[utoipa::path(post, path = "/orders/{id}/fulfill", tag = "orders", security(("bearer" = [])),
     params(("id" = Uuid, Path), FulfillParams),
     responses(
-        (status = 200, body = Order, description = "FULFILLED, with keys (the same keys on every call)"),
-        (status = 202, body = Order, description = "still PAID (e.g. backordered)"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody, description = "not_paid (PENDING) or conflict (CANCELED)")))]
+        (status = 200, body = Order, description = "FULFILLED, with `keys` (the same keys on every call; each read is audit-logged)."),
+        (status = 202, body = Order, description = "Still PAID after `wait` seconds (e.g. backordered until keys arrive); call again."),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "`forbidden`: not a buyer or storefront token."),
+        (status = 404, body = ErrorBody, description = "`not_found`: no such order, or one this buyer or storefront did not place."),
+        (status = 409, body = ErrorBody, description = "`not_paid` (the order is PENDING) or `conflict` (it is CANCELED).")))]
 async fn fulfill_order(
     State(state): State<AppState>,
     auth: Auth,

@@ -6,7 +6,7 @@ use autokey_shared::{
     store::{self, payments::PaymentEvent as Received},
     transitions, webhook_signature,
 };
-use axum::{body::Bytes, extract::State, http::HeaderMap};
+use axum::{extract::State, http::HeaderMap};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::{
     auth::Auth,
     error::{ApiError, ApiResult, ErrorBody},
-    extract::{Json, Path},
+    extract::{Json, Path, RawBody, int},
     orders::view::Order,
     state::AppState,
 };
@@ -31,9 +31,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// the operator turned simulated payments off.
 #[utoipa::path(post, path = "/orders/{id}/pay", tag = "orders", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = Order, description = "PAID (or already PAID/FULFILLED, unchanged)"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody, description = "conflict: the order is CANCELED")))]
+    responses((status = 200, body = Order, description = "PAID (or already PAID or FULFILLED, unchanged).",
+            links(("fulfillOrder" = (operation_id = "fulfillOrder", parameters(("id" = "$response.body#/id")))))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "`forbidden`: not a buyer or storefront token."),
+        (status = 404, body = ErrorBody, description = "`not_found`: no such order, or one this buyer or storefront did not place; or simulated payments are turned off."),
+        (status = 409, body = ErrorBody, description = "`conflict`: the order is CANCELED.")))]
 async fn pay_order(
     State(state): State<AppState>,
     auth: Auth,
@@ -75,9 +78,12 @@ async fn pay_order(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"type": "payment.succeeded", "data": {"orderId": "0193a5e4-7b1c-7d2e-9f00-1a2b3c4d5e71",
+    "paymentId": "pay_8c1d", "amountCents": 1999, "currency": "EUR"}}))]
 pub struct PaymentEvent {
     /// `payment.succeeded`; other types are recorded and ignored.
     #[serde(rename = "type")]
+    #[schema(max_length = 100)]
     kind: String,
     data: PaymentData,
 }
@@ -86,8 +92,11 @@ pub struct PaymentEvent {
 #[serde(rename_all = "camelCase")]
 pub struct PaymentData {
     order_id: Uuid,
+    #[schema(max_length = 255)]
     payment_id: String,
+    #[serde(deserialize_with = "int::required")]
     amount_cents: i64,
+    #[schema(max_length = 16)]
     currency: String,
 }
 
@@ -102,15 +111,17 @@ pub struct WebhookAck {
 #[utoipa::path(post, path = "/webhooks/payments", tag = "payments",
     request_body = PaymentEvent,
     params(
-        ("webhook-id" = String, Header), ("webhook-timestamp" = i64, Header, description = "unix seconds"),
+        ("webhook-id" = String, Header, min_length = 1, max_length = 255, description = "The event's unique id; a replayed id is acknowledged without effect."),
+        ("webhook-timestamp" = i64, Header, description = "Unix seconds; more than 5 minutes off is refused."),
         ("webhook-signature" = String, Header, description = "v1,<base64 HMAC-SHA256>, space-separated list allowed"),
     ),
-    responses((status = 200, body = WebhookAck), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody, description = "bad or missing signature, or stale timestamp; nothing written")))]
+    responses((status = 200, body = WebhookAck, description = "Received (applied, or recorded without effect: see `outcome`)."),
+        (status = 400, body = ErrorBody, description = "`validation_failed`: the signed body is not a payment event."),
+        (status = 401, body = ErrorBody, description = "`unauthorized`: a bad or missing signature, or a timestamp more than 5 minutes off; nothing is written.")))]
 async fn payment_webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> ApiResult<Json<WebhookAck>> {
     let secret = state
         .settings
@@ -137,11 +148,23 @@ async fn payment_webhook(
             "webhook-id must be 1 to 255 characters",
         ));
     }
-    let raw: serde_json::Value = serde_json::from_slice(&body)
+    let mut raw: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::validation(format!("body is not JSON: {e}")))?;
+    if !raw.is_object() {
+        return Err(ApiError::validation(
+            "body is not a payment event: not an object",
+        ));
+    }
+    // The signed body is the provider's word: kept even if a string in it holds U+0000,
+    // which jsonb (and text) cannot store; the stored copy has U+FFFD there instead.
+    replace_nul(&mut raw);
     let event: PaymentEvent = serde_json::from_value(raw.clone())
         .map_err(|e| ApiError::validation(format!("body is not a payment event: {e}")))?;
-    if event.kind.len() > 100 || event.data.payment_id.len() > 255 || event.data.currency.len() > 16
+    // Characters, as the schema's maxLength counts them.
+    let chars = |s: &str| s.chars().count();
+    if chars(&event.kind) > 100
+        || chars(&event.data.payment_id) > 255
+        || chars(&event.data.currency) > 16
     {
         return Err(ApiError::validation(
             "type, paymentId or currency is longer than a payment event's",
@@ -170,6 +193,27 @@ async fn payment_webhook(
         tracing::warn!(%event_id, order_id = %event.data.order_id, outcome, "payment event not applied");
     }
     Ok(Json(WebhookAck { outcome }))
+}
+
+/// Replaces U+0000 by U+FFFD in every string and key of `value`.
+fn replace_nul(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    const NUL: char = '\0';
+    match value {
+        Value::String(s) if s.contains(NUL) => *s = s.replace(NUL, "\u{FFFD}"),
+        Value::Array(items) => items.iter_mut().for_each(replace_nul),
+        Value::Object(map) if map.keys().any(|k| k.contains(NUL)) => {
+            *map = std::mem::take(map)
+                .into_iter()
+                .map(|(k, mut v)| {
+                    replace_nul(&mut v);
+                    (k.replace(NUL, "\u{FFFD}"), v)
+                })
+                .collect();
+        }
+        Value::Object(map) => map.values_mut().for_each(replace_nul),
+        _ => {}
+    }
 }
 
 async fn apply_payment(

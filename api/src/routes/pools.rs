@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::{
     auth::Auth,
     error::{ApiError, ConstraintExt, ErrorBody},
-    extract::{Json, Path, Query},
+    extract::{Json, Path, Query, int},
     pagination::{self, PageParams},
     state::AppState,
 };
@@ -29,10 +29,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(example = json!({"name": "Space Game", "lowStockThreshold": 10}))]
 pub struct NewPool {
-    #[schema(max_length = 200)]
+    #[schema(schema_with = crate::openapi::text::pool_name)]
     name: Option<String>,
+    /// Below this many sellable keys the pool is low on stock (default 0).
     #[schema(minimum = 0)]
+    #[serde(default, deserialize_with = "int::optional")]
     low_stock_threshold: Option<i32>,
 }
 
@@ -59,7 +62,11 @@ pub async fn find_pool(
 #[utoipa::path(post, path = "/key-pools", tag = "key pools", security(("bearer" = [])),
     request_body = NewPool,
     responses(
-        (status = 201, body = Pool),
+        (status = 201, body = Pool, description = "The pool, empty.", links(
+            ("getPool" = (operation_id = "getPool", parameters(("poolId" = "$response.body#/id")))),
+            ("uploadKeys" = (operation_id = "uploadKeys", parameters(("poolId" = "$response.body#/id")))),
+            ("listKeys" = (operation_id = "listKeys", parameters(("poolId" = "$response.body#/id")))),
+        )),
         (status = 400, description = "invalid body", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 403, description = "not a seller token", body = ErrorBody),
@@ -87,7 +94,8 @@ async fn create_pool(
 #[utoipa::path(get, path = "/key-pools", tag = "key pools", security(("bearer" = [])),
     params(PageParams),
     responses(
-        (status = 200, body = PoolList),
+        (status = 200, body = PoolList, description = "A page of the caller's pools, oldest first."),
+        (status = 400, description = "`validation_failed`: a bad limit or cursor.", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 403, description = "not a seller token", body = ErrorBody),
     ))]
@@ -111,7 +119,7 @@ async fn list_pools(
 #[utoipa::path(get, path = "/key-pools/{poolId}", tag = "key pools", security(("bearer" = [])),
     params(("poolId" = Uuid, Path)),
     responses(
-        (status = 200, body = Pool),
+        (status = 200, body = Pool, description = "The pool with its counts."),
         (status = 400, description = "malformed id", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 403, description = "not a seller token", body = ErrorBody),

@@ -34,6 +34,7 @@ const FEED_SLICE: usize = 16 * 1024;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(example = json!({"keys": ["KEY-AAAAA-00001", "KEY-AAAAA-00002"]}))]
 pub struct UploadKeys {
     /// At most 1000 keys.
     #[schema(max_items = 1000)]
@@ -74,12 +75,14 @@ pub struct UploadReport {
         (String = "text/plain", example = json!("KEY-AAAAA-00001\nKEY-AAAAA-00002\n")),
     )),
     responses(
-        (status = 200, body = UploadReport),
+        (status = 200, body = UploadReport, description = "What happened to each line; the pool after the upload."),
         (status = 400, description = "malformed body or id", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 403, description = "not a seller token", body = ErrorBody),
         (status = 404, description = "no such pool of this seller", body = ErrorBody),
-        (status = 413, description = "more than 1000 keys in a JSON upload", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: more than 1000 keys, or more than 2 MiB, in a JSON upload.", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many requests, or this seller already streams as many uploads as it may at once; retry after `Retry-After` seconds.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: as many uploads as this process takes at once are running, the service sheds load, or the database is unreachable; retry later.", body = ErrorBody),
         (status = 415, description = "neither application/json nor text/plain", body = ErrorBody),
     ))]
 async fn upload_keys(
