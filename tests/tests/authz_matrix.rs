@@ -27,6 +27,8 @@ enum Access {
 const SELLER: &[Role] = &[Role::Seller];
 const BUYER_SIDE: &[Role] = &[Role::Buyer, Role::Storefront];
 const ADMIN: &[Role] = &[Role::Admin];
+const SUBSCRIBERS: &[Role] = &[Role::Seller, Role::Storefront];
+const EVENT_READERS: &[Role] = &[Role::Seller, Role::Storefront, Role::Admin];
 
 fn access(operation_id: &str) -> Access {
     match operation_id {
@@ -41,6 +43,12 @@ fn access(operation_id: &str) -> Access {
         "createOrder" | "listOrders" | "getOrder" | "payOrder" | "cancelOrder" | "fulfillOrder" => {
             Access::Roles(BUYER_SIDE)
         }
+        "createWebhookEndpoint"
+        | "listWebhookEndpoints"
+        | "deleteWebhookEndpoint"
+        | "testWebhookEndpoint"
+        | "listWebhookDeliveries" => Access::Roles(SUBSCRIBERS),
+        "listEvents" => Access::Roles(EVENT_READERS),
         other => panic!("{other}: classify this operation's access in authz_matrix.rs"),
     }
 }
@@ -61,6 +69,8 @@ struct World {
     offer: Uuid,
     buyer_order: Uuid,
     storefront_order: Uuid,
+    /// Seller A's webhook endpoint.
+    endpoint: Uuid,
     plaintexts: Vec<String>,
     secrets: Vec<String>,
 }
@@ -133,6 +143,16 @@ async fn build_world(app: &TestApp, who: &[Who]) -> World {
         .await
         .body["id"]
         .clone();
+    let created = app
+        .post(
+            "/webhook-endpoints",
+            &seller,
+            json!({"url": "http://127.0.0.1:9/matrix", "eventTypes": ["pool.low_stock"]}),
+        )
+        .await;
+    assert_eq!(created.status.as_u16(), 201, "{:?}", created.body);
+    let endpoint = serde_json::from_value(created.body["id"].clone()).unwrap();
+    let endpoint_secret = created.body["secret"].as_str().unwrap().to_owned();
     let buyer_a = find(who, "buyer A");
     let store_a = find(who, "storefront A");
     let mut orders = Vec::new();
@@ -178,6 +198,7 @@ async fn build_world(app: &TestApp, who: &[Who]) -> World {
                 general_purpose::URL_SAFE_NO_PAD.encode(&bytes),
             ]
         })
+        .chain([endpoint_secret])
         .collect();
     World {
         buyer_a: buyer_a.subject.unwrap(),
@@ -191,6 +212,7 @@ async fn build_world(app: &TestApp, who: &[Who]) -> World {
         offer: serde_json::from_value(offer).unwrap(),
         buyer_order: orders[0],
         storefront_order: orders[1],
+        endpoint,
         plaintexts,
         secrets,
     }
@@ -258,6 +280,7 @@ fn request(op: &Op, who: &Who, target: Target, world: &World) -> (String, Option
     let id = match target {
         Target::Owned(Some(order)) => order,
         _ if is_order_op(op) => Uuid::new_v4(),
+        _ if op.path.starts_with("/webhook-endpoints/") => pick(world.endpoint),
         _ => pick(world.draft),
     };
     let mut path = op
@@ -282,6 +305,9 @@ fn request(op: &Op, who: &Who, target: Target, world: &World) -> (String, Option
             json!({"offerId": world.offer, "buyerId": Uuid::new_v4()})
         }
         "createOrder" => json!({"offerId": world.offer}),
+        "createWebhookEndpoint" => {
+            json!({"url": "http://127.0.0.1:9/other", "eventTypes": ["order.fulfilled"]})
+        }
         "paymentWebhook" => {
             json!({"type": "payment.succeeded", "data": {"orderId": world.buyer_order,
             "paymentId": "p", "amountCents": 500, "currency": "EUR"}})
@@ -324,6 +350,7 @@ async fn every_operation_for_every_principal() {
         (world.pool, &["seller A"][..]),
         (world.key, &["seller A"]),
         (world.draft, &["seller A"]),
+        (world.endpoint, &["seller A"]),
         (world.buyer_order, &["buyer A", "seller A"]),
         (world.storefront_order, &["storefront A", "seller A"]),
     ]
@@ -385,9 +412,12 @@ async fn every_operation_for_every_principal() {
                 if world.secrets.iter().any(|s| text.contains(s.as_str())) {
                     fail("a key's ciphertext, nonce or fingerprint".into());
                 }
-                let foreign = private_ids
-                    .iter()
-                    .find(|(id, owners)| !owners.contains(&w.name) && text.contains(id.as_str()));
+                // An admin reads across sellers (ids and metadata, never plaintext keys).
+                let foreign = private_ids.iter().find(|(id, owners)| {
+                    w.role != Some(Role::Admin)
+                        && !owners.contains(&w.name)
+                        && text.contains(id.as_str())
+                });
                 if let Some((id, owners)) = foreign {
                     fail(format!("{}'s object {id}: {text}", owners[0]));
                 }
@@ -407,6 +437,7 @@ async fn every_operation_for_every_principal() {
     assert!(calls > 300, "only {calls} calls");
     // The positive side works: each order's owner reads its keys.
     assert_eq!(keys_shown, 2, "plaintext keys shown to their owners");
-    assert_eq!(world.secrets.len(), 8 * 3 * 3);
+    // Three encodings of each key's ciphertext, nonce and fingerprint, and the endpoint's secret.
+    assert_eq!(world.secrets.len(), 8 * 3 * 3 + 1);
     worker.stop().await.expect("worker stops");
 }

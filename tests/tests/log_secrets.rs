@@ -247,7 +247,7 @@ async fn a_full_flow_logs_no_secret() {
         .to_string();
     let now = chrono::Utc::now().timestamp();
     for secret in [&webhook_secret[..], b"forged-secret-forged-secret-0000"] {
-        let sig = autokey_api::webhook_signature::sign(secret, "evt_log", now, event.as_bytes());
+        let sig = autokey_shared::webhook_signature::sign(secret, "evt_log", now, event.as_bytes());
         http.post(format!("{base}/webhooks/payments"))
             .header("webhook-id", "evt_log")
             .header("webhook-timestamp", now.to_string())

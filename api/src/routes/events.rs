@@ -95,7 +95,7 @@ fn decode(cursor: &str) -> Result<Position, ApiError> {
 /// a storefront: the orders it placed; an admin: all), oldest first. An event appears once
 /// every transaction that started before it has ended, so following `nextCursor` never
 /// skips one.
-#[utoipa::path(get, path = "/events", tag = "events", security(("bearer" = [])),
+#[utoipa::path(get, path = "/events", operation_id = "listEvents", tag = "events", security(("bearer" = [])),
     params(EventParams),
     responses(
         (status = 200, body = EventPage),

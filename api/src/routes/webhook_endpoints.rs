@@ -96,7 +96,7 @@ fn not_found() -> ApiError {
 }
 
 /// Registers an endpoint; the answer carries its signing secret, shown this once.
-#[utoipa::path(post, path = "/webhook-endpoints", tag = "events", security(("bearer" = [])),
+#[utoipa::path(post, path = "/webhook-endpoints", operation_id = "createWebhookEndpoint", tag = "events", security(("bearer" = [])),
     request_body = NewWebhookEndpoint,
     responses(
         (status = 201, body = WebhookEndpoint, description = "created, with its secret"),
@@ -145,7 +145,7 @@ async fn create_endpoint(
 }
 
 /// The caller's endpoints (without their secrets).
-#[utoipa::path(get, path = "/webhook-endpoints", tag = "events", security(("bearer" = [])),
+#[utoipa::path(get, path = "/webhook-endpoints", operation_id = "listWebhookEndpoints", tag = "events", security(("bearer" = [])),
     responses(
         (status = 200, body = WebhookEndpointList),
         (status = 401, body = ErrorBody),
@@ -164,7 +164,7 @@ async fn list_endpoints(
 }
 
 /// Deletes one of the caller's endpoints; its pending deliveries are dropped.
-#[utoipa::path(delete, path = "/webhook-endpoints/{id}", tag = "events", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/webhook-endpoints/{id}", operation_id = "deleteWebhookEndpoint", tag = "events", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
     responses(
         (status = 204, description = "deleted"),
@@ -195,7 +195,7 @@ pub struct TestSent {
 }
 
 /// Queues a `webhook.test` event for this endpoint only.
-#[utoipa::path(post, path = "/webhook-endpoints/{id}/test", tag = "events", security(("bearer" = [])),
+#[utoipa::path(post, path = "/webhook-endpoints/{id}/test", operation_id = "testWebhookEndpoint", tag = "events", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
     responses(
         (status = 202, body = TestSent, description = "queued for delivery"),
@@ -254,7 +254,7 @@ pub struct DeliveryPage {
 }
 
 /// The endpoint's delivery log, newest first.
-#[utoipa::path(get, path = "/webhook-endpoints/{id}/deliveries", tag = "events",
+#[utoipa::path(get, path = "/webhook-endpoints/{id}/deliveries", operation_id = "listWebhookDeliveries", tag = "events",
     security(("bearer" = [])),
     params(("id" = Uuid, Path), PageParams),
     responses(
