@@ -20,7 +20,10 @@ use std::{
 
 use autokey_shared::{
     jobs::{ReplenishPool, queue},
-    store::keys::{self, NewKey},
+    store::{
+        audit::{self, Actor},
+        keys::{self, NewKey},
+    },
     vault::Vault,
 };
 use futures::{StreamExt, stream};
@@ -119,12 +122,13 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn start(db: PgPool, vault: Arc<Vault>, pool_id: Uuid) -> Self {
+    pub fn start(db: PgPool, vault: Arc<Vault>, pool_id: Uuid, actor: Actor) -> Self {
         let (batches, rx) = mpsc::channel(1);
         let target = Target {
             db,
             pool_id,
             upload_id: Uuid::now_v7(),
+            actor,
         };
         Self {
             vault,
@@ -214,6 +218,8 @@ struct Target {
     db: PgPool,
     pool_id: Uuid,
     upload_id: Uuid,
+    /// Who uploads: each stored batch is audit-logged in its own transaction.
+    actor: Actor,
 }
 
 /// What became of a batch's lines that were not stored, in line order.
@@ -280,6 +286,15 @@ impl Target {
                 pool_id: self.pool_id,
             };
             queue::enqueue(&mut tx, &job).await?;
+            audit::append(
+                &mut tx,
+                &self.actor,
+                "keys.uploaded",
+                None,
+                serde_json::json!({"poolId": self.pool_id, "uploadId": self.upload_id,
+                                   "added": stored.len()}),
+            )
+            .await?;
         }
         tx.commit().await?;
         let lost = lost

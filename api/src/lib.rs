@@ -74,6 +74,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::metrics::router())
         .merge(routes::events::router())
         .merge(routes::webhook_endpoints::router())
+        .merge(routes::admin::router())
+        .merge(routes::audit::router())
 }
 
 pub async fn serve(

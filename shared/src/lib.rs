@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod model;
 pub mod outbound;
 pub mod process;
+pub mod rotation;
 pub mod store;
 pub mod telemetry;
 pub mod text;

@@ -10,6 +10,8 @@ client always does:
   that does not exist).
 - POST /offers/draft: a key pool named is one of the seller's (AUTOKEY_POOL_ID), and an
   AUTO_KEY draft names one, so that it can be published (400 otherwise, by the contract).
+- POST /webhook-endpoints: the URL is one the api accepts (a schema cannot say "resolves to
+  an address outbound requests may reach").
 - POST /webhooks/payments: the payment provider signs its events. A positive case whose
   signature headers were generated gets a fresh timestamp and a real signature, made by the
   official `standardwebhooks` library over the exact bytes sent, so the webhook's logic is
@@ -60,6 +62,10 @@ def before_call(context, case, kwargs):
             case.body["keyPoolId"] = POOL_ID
     elif op == ("POST", "/webhooks/payments"):
         sign(case)
+    elif op == ("POST", "/webhook-endpoints") and isinstance(case.body, dict):
+        # Any http(s) URL is schema-valid; only reachable ones are accepted (the test api
+        # allows loopback receivers). Nothing listens on port 9.
+        case.body["url"] = f"http://127.0.0.1:9/hooks/{uuid.uuid4()}"
 
 
 def name_the_buyer(fields: dict) -> None:

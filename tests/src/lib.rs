@@ -57,8 +57,12 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(options: AppOptions) -> TestApp {
+    spawn_app_sealing_with(options, Arc::new(Vault::random())).await
+}
+
+/// An app whose api seals and opens keys with `vault` (rotation tests build their own).
+pub async fn spawn_app_sealing_with(options: AppOptions, vault: Arc<Vault>) -> TestApp {
     let (db_name, pool) = db::fresh_database().await;
-    let vault = Arc::new(Vault::random());
     let api_pool = db::api_pool_for(&db_name, options.limits.session()).await;
     let state = app_state(api_pool.clone(), vault.clone(), &options);
     let tokens = state.tokens.clone();
@@ -103,9 +107,15 @@ async fn serve(state: AppState) -> (SocketAddr, watch::Sender<bool>) {
 impl TestApp {
     /// Another api process on the same database: its own pool, token cache and listeners.
     pub async fn another_api(&self) -> TestApp {
+        self.another_api_sealing_with(self.vault.clone()).await
+    }
+
+    /// Another api process on the same database configured with `vault` (a process
+    /// restarted after an encryption key change).
+    pub async fn another_api_sealing_with(&self, vault: Arc<Vault>) -> TestApp {
         let pool = db::pool_for(&self.db_name, 4).await;
         let api_pool = db::api_pool_for(&self.db_name, self.options.limits.session()).await;
-        let state = app_state(api_pool.clone(), self.vault.clone(), &self.options);
+        let state = app_state(api_pool.clone(), vault.clone(), &self.options);
         let tokens = state.tokens.clone();
         let (addr, shutdown) = serve(state).await;
         TestApp {
@@ -115,7 +125,7 @@ impl TestApp {
             pool,
             db_name: self.db_name.clone(),
             client: reqwest::Client::new(),
-            vault: self.vault.clone(),
+            vault,
             tokens,
             options: self.options.clone(),
             shutdown,

@@ -364,3 +364,96 @@ async fn serve_refuses_a_configuration_that_cannot_decrypt_every_stored_key() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn keys_reencrypt_moves_every_key_to_the_current_encryption_key() {
+    use autokey_shared::{
+        rotation,
+        store::{self, keys::NewKey},
+        vault::{KeyMaterial, Vault},
+    };
+    let app = autokey_tests::spawn_app().await;
+    let shop = autokey_tests::fixtures::shop(&app, 0).await;
+    let (old_hex, new_hex, fp_hex) = ("0a".repeat(32), "0b".repeat(32), "0c".repeat(32));
+    let old = Vault::new(
+        "old".into(),
+        KeyMaterial::new([0x0a; 32]),
+        Default::default(),
+        KeyMaterial::new([0x0c; 32]),
+    );
+    let keys: Vec<NewKey> = (0..2500)
+        .map(|i| {
+            let id = uuid::Uuid::now_v7();
+            let plain = format!("CLI-ROTATE-{i}");
+            NewKey {
+                id,
+                fingerprint: old.fingerprint(&plain),
+                sealed: old.seal(id, shop.pool_id, &plain),
+            }
+        })
+        .collect();
+    let mut conn = app.pool.acquire().await.unwrap();
+    store::keys::insert(&mut conn, shop.pool_id, None, &keys)
+        .await
+        .unwrap();
+    let url = db::database_url(&app.db_name);
+    let retired = format!("old:{old_hex}");
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("ENCRYPTION_KEY", new_hex.as_str()),
+        ("ENCRYPTION_KEY_ID", "new"),
+        ("ENCRYPTION_KEYS_RETIRED", retired.as_str()),
+        ("FINGERPRINT_KEY", fp_hex.as_str()),
+    ];
+    // Without the retired key the command refuses at once, naming what is missing.
+    let refused = cmd("autokey-api", &[env[0], env[1], env[2], env[4]])
+        .args(["keys", "reencrypt"])
+        .output()
+        .unwrap();
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(why.contains("\"old\"") && why.contains("ENCRYPTION_KEYS_RETIRED"), "{why}");
+    let out = cmd("autokey-api", &env)
+        .args(["keys", "reencrypt", "--batch", "700"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("re-encrypted 2500 keys"), "{err}");
+    assert!(err.contains("may leave ENCRYPTION_KEYS_RETIRED"), "{err}");
+    for secret in [&old_hex, &new_hex, &fp_hex] {
+        assert!(!err.contains(secret.as_str()), "a secret leaked: {err}");
+    }
+    assert_eq!(
+        rotation::progress(&mut conn, "new").await.unwrap().remaining(),
+        0
+    );
+    let new = Vault::new(
+        "new".into(),
+        KeyMaterial::new([0x0b; 32]),
+        Default::default(),
+        KeyMaterial::new([0x0c; 32]),
+    );
+    let rows: Vec<(uuid::Uuid, uuid::Uuid, Vec<u8>, Vec<u8>, String)> =
+        sqlx::query_as("SELECT id, pool_id, ciphertext, nonce, enc_key_id FROM keys")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    let mut opened: Vec<String> = rows
+        .into_iter()
+        .map(|(id, pool, c, n, enc)| {
+            let key = store::keys::SealedKey::from_parts(id, pool, c, n, enc).unwrap();
+            new.open(id, pool, &key.sealed).unwrap()
+        })
+        .collect();
+    opened.sort();
+    let mut want: Vec<String> = (0..2500).map(|i| format!("CLI-ROTATE-{i}")).collect();
+    want.sort();
+    assert_eq!(opened, want);
+    let trail: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'keys.reencrypted'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(trail, 1);
+}

@@ -57,6 +57,14 @@ impl Auth {
         }
     }
 
+    /// An admin token; 403 for any other role.
+    pub fn admin(&self) -> Result<(), ApiError> {
+        match self.0.role {
+            Role::Admin => Ok(()),
+            _ => Err(forbidden("admin")),
+        }
+    }
+
     /// Buyer or storefront: who may order, pay and read orders.
     pub fn buyer_side(&self) -> Result<BuyerSide, ApiError> {
         match (self.0.role, self.0.subject) {

@@ -1,5 +1,6 @@
-//! The `autokey-api` command line (OPERATIONS.md): serve, migrate, token, keygen.
+//! The `autokey-api` command line (OPERATIONS.md): serve, migrate, token, keys, keygen, openapi.
 
+mod keys;
 mod serve;
 mod token;
 
@@ -49,6 +50,11 @@ pub enum Command {
         #[command(subcommand)]
         action: token::TokenAction,
     },
+    /// Stored keys: re-encrypt them with the current encryption key.
+    Keys {
+        #[command(subcommand)]
+        action: keys::KeysAction,
+    },
     /// Print fresh secrets in .env format.
     Keygen,
     /// Print the OpenAPI document served at /api/openapi.json (committed as
@@ -69,6 +75,7 @@ pub async fn run(cli: Cli) -> i32 {
         }
         Some(Command::Migrate) => exit_code(migrate().await),
         Some(Command::Token { action }) => exit_code(token::run(action).await),
+        Some(Command::Keys { action }) => exit_code(keys::run(action).await),
         Some(Command::Serve(args)) => exit_code(serve(*args).await),
         None => exit_code(serve(config::args_from_env::<ServeArgs>("serve")).await),
     }

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc};
 use autokey_shared::{
     config::{self, ConfigError, DatabaseConfig},
     db, process,
-    store::keys,
+
     vault::Vault,
 };
 
@@ -61,7 +61,7 @@ async fn refuse_unknown_key_ids(pool: &sqlx::PgPool, vault: &Vault) -> Result<()
         .acquire()
         .await
         .map_err(|e| format!("cannot connect to the database (DATABASE_URL): {e}"))?;
-    let stored = keys::encryption_key_ids(&mut conn)
+    let stored = autokey_shared::rotation::sealing_key_ids(&mut conn)
         .await
         .map_err(|e| format!("cannot read the stored keys' encryption key ids: {e}"))?;
     let unknown: Vec<String> = stored.into_iter().filter(|id| !vault.knows(id)).collect();

@@ -1,6 +1,12 @@
 //! `autokey-api token create|revoke`.
 
-use autokey_shared::{model::Role, store::tokens};
+use autokey_shared::{
+    model::Role,
+    store::{
+        audit::{self, Actor},
+        tokens,
+    },
+};
 use clap::Subcommand;
 use uuid::Uuid;
 
@@ -17,6 +23,13 @@ pub enum TokenAction {
     /// Revoke a token by its id (every api process refuses it on its next request).
     Revoke { id: Uuid },
 }
+
+/// The operator at the command line: acts with the database's authority, as an admin.
+const OPERATOR: Actor = Actor {
+    role: Role::Admin,
+    subject: None,
+    token_id: None,
+};
 
 fn parse_role(s: &str) -> Result<Role, String> {
     s.parse()
@@ -39,6 +52,15 @@ pub async fn run(action: TokenAction) -> Result<(), String> {
             {
                 eprintln!("{role} id: {s}");
             }
+            audit::append(
+                &mut conn,
+                &OPERATOR,
+                "token.created",
+                None,
+                serde_json::json!({"via": "cli", "tokenId": created.id, "role": role}),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             eprintln!("token id: {}", created.id);
             println!("{}", created.token);
             Ok(())
@@ -48,6 +70,15 @@ pub async fn run(action: TokenAction) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?
             {
+                audit::append(
+                    &mut conn,
+                    &OPERATOR,
+                    "token.revoked",
+                    None,
+                    serde_json::json!({"via": "cli", "tokenId": id}),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
                 eprintln!("token {id} revoked");
                 Ok(())
             } else {

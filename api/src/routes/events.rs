@@ -128,7 +128,8 @@ async fn list_events(
         )));
     }
     let limit = pagination::limit(q.limit, 100, 500)?;
-    let after = q.after.as_deref().map(decode).transpose()?;
+    // An empty `after` is the start, as an absent one.
+    let after = q.after.as_deref().filter(|a| !a.is_empty()).map(decode).transpose()?;
     let mut conn = state.pool.acquire().await?;
     let rows = events::page(&mut conn, reader, q.kind.as_deref(), after, limit).await?;
     let next_cursor = rows

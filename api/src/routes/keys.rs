@@ -5,6 +5,7 @@ use autokey_shared::{
     model::KeyStatus,
     store::{
         After,
+        audit::{self, Actor},
         keys::{self, KeyMeta},
     },
     transitions,
@@ -37,20 +38,20 @@ pub const MAX_LIMIT: i64 = 500;
 #[into_params(parameter_in = Query)]
 pub struct ListKeysParams {
     /// Only keys in this status.
-    status: Option<KeyStatus>,
+    pub status: Option<KeyStatus>,
     /// Page size (default 50).
     #[param(minimum = 1, maximum = 500)]
-    limit: Option<i64>,
+    pub limit: Option<i64>,
     /// `nextCursor` of the previous page.
-    cursor: Option<String>,
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyPage {
-    items: Vec<KeyMeta>,
+    pub items: Vec<KeyMeta>,
     /// Pass as `cursor` for the next page; null on the last page.
-    next_cursor: Option<String>,
+    pub next_cursor: Option<String>,
 }
 
 /// The pool's keys, oldest first, as metadata.
@@ -72,16 +73,25 @@ async fn list_keys(
     Query(params): Query<ListKeysParams>,
 ) -> Result<Json<KeyPage>, ApiError> {
     let seller_id = auth.seller()?;
-    let limit = pagination::limit(params.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
-    let after = pagination::decode(params.cursor.as_deref())?;
     let mut conn = state.pool.acquire().await?;
     find_pool(&mut conn, seller_id, pool_id).await?;
-    let mut items = keys::page(&mut conn, pool_id, params.status, after, limit + 1).await?;
+    Ok(Json(key_page(&mut conn, pool_id, &params).await?))
+}
+
+/// A page of pool `pool_id`'s keys (the caller has checked who may see them).
+pub(crate) async fn key_page(
+    conn: &mut sqlx::PgConnection,
+    pool_id: Uuid,
+    params: &ListKeysParams,
+) -> Result<KeyPage, ApiError> {
+    let limit = pagination::limit(params.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let after = pagination::decode(params.cursor.as_deref())?;
+    let mut items = keys::page(conn, pool_id, params.status, after, limit + 1).await?;
     let next_cursor = pagination::cut(&mut items, limit, |k| After {
         created_at: k.created_at,
         id: k.id,
     });
-    Ok(Json(KeyPage { items, next_cursor }))
+    Ok(KeyPage { items, next_cursor })
 }
 
 /// Marks an unsold key INVALID so it is never sold. Already INVALID: returned unchanged.
@@ -104,23 +114,42 @@ async fn invalidate_key(
 ) -> Result<Json<KeyMeta>, ApiError> {
     let seller_id = auth.seller()?;
     let mut tx = state.pool.begin().await?;
-    let key = keys::lock_in_sellers_pool(&mut tx, seller_id, pool_id, key_id)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    let key = match key.status {
-        KeyStatus::Available => transitions::invalidate(&mut tx, key_id).await?,
-        KeyStatus::Invalid => key,
-        KeyStatus::Delivered => {
-            return Err(ApiError::Conflict(
-                "this key was delivered and cannot be invalidated".into(),
-            ));
-        }
-        KeyStatus::Reserved => {
-            return Err(ApiError::Conflict(
-                "this key is reserved for a paid order and cannot be invalidated".into(),
-            ));
-        }
-    };
+    let key = invalidate_in_pool(&mut tx, &auth.actor(), seller_id, pool_id, key_id).await?;
     tx.commit().await?;
     Ok(Json(key))
+}
+
+/// Invalidates key `key_id` of `seller_id`'s pool `pool_id` (404 when it is not there) and
+/// records who did it; the caller commits. Shared by the seller's and the admin's route.
+pub(crate) async fn invalidate_in_pool(
+    tx: &mut sqlx::PgConnection,
+    actor: &Actor,
+    seller_id: Uuid,
+    pool_id: Uuid,
+    key_id: Uuid,
+) -> Result<KeyMeta, ApiError> {
+    let key = keys::lock_in_sellers_pool(&mut *tx, seller_id, pool_id, key_id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    match key.status {
+        KeyStatus::Available => {
+            let key = transitions::invalidate(&mut *tx, key_id).await?;
+            audit::append(
+                &mut *tx,
+                actor,
+                "key.invalidated",
+                None,
+                serde_json::json!({"poolId": pool_id, "keyIds": [key_id]}),
+            )
+            .await?;
+            Ok(key)
+        }
+        KeyStatus::Invalid => Ok(key),
+        KeyStatus::Delivered => Err(ApiError::Conflict(
+            "this key was delivered and cannot be invalidated".into(),
+        )),
+        KeyStatus::Reserved => Err(ApiError::Conflict(
+            "this key is reserved for a paid order and cannot be invalidated".into(),
+        )),
+    }
 }

@@ -1,5 +1,7 @@
 //! HTTP routes, one module per resource.
 
+pub mod admin;
+pub mod audit;
 pub mod console;
 pub mod events;
 pub mod health;

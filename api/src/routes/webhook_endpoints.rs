@@ -39,11 +39,35 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NewWebhookEndpoint {
     /// An http(s) URL on the public internet.
-    #[schema(example = "https://shop.example.com/hooks/autokey", max_length = 2000)]
+    #[schema(example = "https://shop.example.com/hooks/autokey", max_length = 2000, format = "uri")]
     url: String,
     /// Event types to receive (at least one).
-    #[schema(example = json!(["order.fulfilled", "pool.low_stock"]))]
+    #[schema(example = json!(["order.fulfilled", "pool.low_stock"]), min_items = 1,
+        value_type = Vec<EventType>)]
     event_types: Vec<String>,
+}
+
+/// An event type an endpoint can subscribe to (the documentation of
+/// `autokey_shared::store::events::TYPES`; a test checks that the two agree).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub enum EventType {
+    #[schema(rename = "pool.low_stock")]
+    PoolLowStock,
+    #[schema(rename = "pool.out_of_stock")]
+    PoolOutOfStock,
+    #[schema(rename = "pool.restocked")]
+    PoolRestocked,
+    #[schema(rename = "order.paid")]
+    OrderPaid,
+    #[schema(rename = "order.fulfilled")]
+    OrderFulfilled,
+    #[schema(rename = "order.backordered")]
+    OrderBackordered,
+    #[schema(rename = "order.canceled")]
+    OrderCanceled,
+    #[schema(rename = "key.invalidated")]
+    KeyInvalidated,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -297,4 +321,20 @@ async fn endpoint_deliveries(
         })
         .collect();
     Ok(Json(DeliveryPage { items, next_cursor }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn documented_event_types_are_the_real_ones() {
+        let doc: serde_json::Value =
+            serde_json::from_str(&crate::openapi::document_json()).unwrap();
+        let documented: Vec<&str> = doc["components"]["schemas"]["EventType"]["enum"]
+            .as_array()
+            .expect("EventType is documented as an enum")
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(documented, autokey_shared::store::events::TYPES);
+    }
 }

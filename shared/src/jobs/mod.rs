@@ -81,6 +81,27 @@ impl Job for ReplenishPool {
     }
 }
 
+/// Move every sealed key and secret to the current encryption key (an admin asked for it;
+/// the CLI's `keys reencrypt` does the same in-process).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReencryptKeys {
+    /// The encryption key id the requester's api process seals with; a worker configured
+    /// with another current id refuses the job rather than rotate to the wrong key.
+    pub target_key_id: String,
+}
+
+impl Job for ReencryptKeys {
+    const QUEUE: &'static str = "autokey::reencrypt_keys";
+    const MAX_ATTEMPTS: i32 = 25;
+    fn idempotency_key(&self) -> Option<String> {
+        // A long rotation re-enqueues itself while its current run is still a row; the
+        // admin route checks [`queue::live_of`] instead. Two runs at once are safe anyway:
+        // each batch re-checks, under its row locks, that a key is still under the
+        // retired id.
+        None
+    }
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a job run failed, by what should happen next.

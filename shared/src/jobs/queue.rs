@@ -209,6 +209,44 @@ pub async fn live_counts(
     ))
 }
 
+/// How many jobs of `J`'s queue are waiting or running (not Done, not dead).
+pub async fn live_of<J: Job>(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM apalis.jobs
+         WHERE job_type = $1 AND status <> 'Done' AND NOT {DEAD}"
+    )))
+    .bind(J::QUEUE)
+    .fetch_one(conn)
+    .await
+}
+
+/// A dead job as an operator sees it.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadJob {
+    pub id: String,
+    pub queue: String,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    /// The job's payload (ids only: jobs never carry keys or secrets).
+    pub payload: serde_json::Value,
+    pub run_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Dead jobs, most recent first (at most `limit`).
+pub async fn dead(conn: &mut PgConnection, limit: i64) -> Result<Vec<DeadJob>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, job_type AS queue, status, attempts, last_result::text AS last_error,
+                convert_from(job, 'UTF8')::jsonb AS payload, run_at
+         FROM apalis.jobs WHERE job_type LIKE '{OURS}' AND status <> 'Done' AND {DEAD}
+         ORDER BY run_at DESC NULLS LAST, id DESC LIMIT $1"
+    )))
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
 /// How many jobs are dead.
 pub async fn dead_count(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
     Ok(live_counts(conn).await?.1)

@@ -17,6 +17,7 @@ pub mod offers;
 pub mod orders;
 pub mod payments;
 pub mod pools;
+pub mod sellers;
 pub mod tokens;
 pub mod webhooks;
 

@@ -181,3 +181,15 @@ pub async fn starving(
     .fetch_all(conn)
     .await
 }
+
+/// Pool `pool_id` whoever owns it (administration).
+pub async fn find(conn: &mut PgConnection, pool_id: Uuid) -> Result<Option<Pool>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        pool_columns!(),
+        " FROM key_pools WHERE id = $1"
+    ))
+    .bind(pool_id)
+    .fetch_optional(conn)
+    .await
+}
