@@ -457,3 +457,157 @@ async fn keys_reencrypt_moves_every_key_to_the_current_encryption_key() {
             .unwrap();
     assert_eq!(trail, 1);
 }
+
+#[tokio::test]
+async fn keys_export_and_import_round_trip_100k_keys_through_an_age_file() {
+    use age::secrecy::ExposeSecret;
+    use autokey_shared::{
+        store::{self, keys::NewKey},
+        vault::{KeyMaterial, Vault},
+    };
+    let (enc_hex, fp_hex) = ("1a".repeat(32), "1b".repeat(32));
+    let vault = Vault::new(
+        "k1".into(),
+        KeyMaterial::new([0x1a; 32]),
+        Default::default(),
+        KeyMaterial::new([0x1b; 32]),
+    );
+    let app = autokey_tests::spawn_app().await;
+    let shop = autokey_tests::fixtures::shop(&app, 0).await;
+    let plain = |i: usize| format!("BACKUP-{i:06}-ZQX");
+    let mut conn = app.pool.acquire().await.unwrap();
+    for chunk in (0..100_000).collect::<Vec<_>>().chunks(5000) {
+        let rows: Vec<NewKey> = chunk
+            .iter()
+            .map(|&i| {
+                let id = uuid::Uuid::now_v7();
+                NewKey {
+                    id,
+                    fingerprint: vault.fingerprint(&plain(i)),
+                    sealed: vault.seal(id, shop.pool_id, &plain(i)),
+                }
+            })
+            .collect();
+        store::keys::insert(&mut conn, shop.pool_id, None, &rows)
+            .await
+            .unwrap();
+    }
+    // One sold key: exported with its status, never restored as sellable.
+    sqlx::query(
+        "UPDATE keys SET status = 'INVALID', invalidated_at = now() WHERE fingerprint = $1",
+    )
+    .bind(&vault.fingerprint(&plain(0))[..])
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let identity = age::x25519::Identity::generate();
+    let dir = std::env::temp_dir().join(format!("autokey-backup-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (backup, id_file) = (dir.join("keys.age"), dir.join("identity.txt"));
+    std::fs::write(&id_file, identity.to_string().expose_secret()).unwrap();
+    let url = db::database_url(&app.db_name);
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("ENCRYPTION_KEY", enc_hex.as_str()),
+        ("FINGERPRINT_KEY", fp_hex.as_str()),
+    ];
+    let started = Instant::now();
+    let out = cmd("autokey-api", &env)
+        .args(["keys", "export", "--pool", &shop.pool_id.to_string(), "--recipient"])
+        .arg(identity.to_public().to_string())
+        .arg("--output")
+        .arg(&backup)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("exported 100000 keys"), "{err}");
+    println!("exported 100k keys in {:.1?}", started.elapsed());
+    let bytes = std::fs::read(&backup).unwrap();
+    assert!(bytes.starts_with(b"age-encryption.org/v1"));
+    let needle = b"BACKUP-";
+    assert!(
+        !bytes.windows(needle.len()).any(|w| w == needle),
+        "the backup holds plaintext"
+    );
+    // Neither scope nor both scopes: a usage error.
+    let usage = cmd("autokey-api", &env)
+        .args(["keys", "export", "--recipient"])
+        .arg(identity.to_public().to_string())
+        .output()
+        .unwrap();
+    assert!(!usage.status.success());
+
+    // Restore into a fresh database: every AVAILABLE key comes back, sealed, sellable.
+    let (other_db, other_pool) = db::fresh_database().await;
+    let seller: uuid::Uuid = sqlx::query_scalar("INSERT INTO sellers (id) VALUES ($1) RETURNING id")
+        .bind(uuid::Uuid::now_v7())
+        .fetch_one(&other_pool)
+        .await
+        .unwrap();
+    let mut other_conn = other_pool.acquire().await.unwrap();
+    let target = store::pools::create(&mut other_conn, seller, "restored", 0)
+        .await
+        .unwrap();
+    let other_url = db::database_url(&other_db);
+    let import = |url: &str| {
+        cmd(
+            "autokey-api",
+            &[
+                ("DATABASE_URL", url),
+                ("ENCRYPTION_KEY", enc_hex.as_str()),
+                ("FINGERPRINT_KEY", fp_hex.as_str()),
+            ],
+        )
+        .args(["keys", "import"])
+        .arg(&backup)
+        .arg("--identity")
+        .arg(&id_file)
+        .args(["--pool", &target.id.to_string()])
+        .output()
+        .unwrap()
+    };
+    let out = import(&other_url);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("imported 99999 keys"), "{err}");
+    assert!(err.contains("1 skipped"), "{err}");
+    let rows: Vec<(uuid::Uuid, uuid::Uuid, Vec<u8>, Vec<u8>, String, String)> = sqlx::query_as(
+        "SELECT id, pool_id, ciphertext, nonce, enc_key_id, status FROM keys",
+    )
+    .fetch_all(&other_pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 99_999);
+    let mut restored: Vec<String> = rows
+        .into_iter()
+        .map(|(id, pool, c, n, enc, status)| {
+            assert_eq!(status, "AVAILABLE");
+            let key = store::keys::SealedKey::from_parts(id, pool, c, n, enc).unwrap();
+            vault.open(id, pool, &key.sealed).unwrap()
+        })
+        .collect();
+    restored.sort();
+    let want: Vec<String> = (1..100_000).map(plain).collect();
+    assert_eq!(restored, want);
+    // Importing again adds nothing (deduplicated like an upload).
+    let again = import(&other_url);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{err}");
+    assert!(err.contains("imported 0 keys") && err.contains("99999 already stored"), "{err}");
+    // A wrong identity cannot read it.
+    let stranger = dir.join("stranger.txt");
+    std::fs::write(&stranger, age::x25519::Identity::generate().to_string().expose_secret()).unwrap();
+    let denied = cmd("autokey-api", &env)
+        .args(["keys", "import"])
+        .arg(&backup)
+        .arg("--identity")
+        .arg(&stranger)
+        .args(["--pool", &shop.pool_id.to_string()])
+        .output()
+        .unwrap();
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("cannot decrypt"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,4 +1,4 @@
-//! `autokey-api keys reencrypt`: moves every stored key (and webhook secret) to the current
+//! `autokey-api keys reencrypt|export|import`. Re-encryption moves every stored key (and webhook secret) to the current
 //! encryption key, in batches, with a progress bar on a terminal.
 
 use autokey_shared::{
@@ -20,11 +20,17 @@ pub enum KeysAction {
         #[arg(long, default_value_t = rotation::BATCH, value_parser = clap::value_parser!(i64).range(1..=10_000))]
         batch: i64,
     },
+    /// Write an encrypted backup (age, to --recipient) of one pool's keys or of all.
+    Export(super::backup::ExportArgs),
+    /// Restore the AVAILABLE keys of a backup into a pool (deduplicated like an upload).
+    Import(super::backup::ImportArgs),
 }
 
 pub async fn run(action: KeysAction) -> Result<(), String> {
     match action {
         KeysAction::Reencrypt { batch } => reencrypt(batch).await,
+        KeysAction::Export(args) => super::backup::export(args).await,
+        KeysAction::Import(args) => super::backup::import(args).await,
     }
 }
 

@@ -1,5 +1,6 @@
 //! The `autokey-api` command line (OPERATIONS.md): serve, migrate, token, keys, keygen, openapi.
 
+mod backup;
 mod keys;
 mod serve;
 mod token;
@@ -50,7 +51,7 @@ pub enum Command {
         #[command(subcommand)]
         action: token::TokenAction,
     },
-    /// Stored keys: re-encrypt them with the current encryption key.
+    /// Stored keys: re-encrypt them with the current encryption key; encrypted backups.
     Keys {
         #[command(subcommand)]
         action: keys::KeysAction,

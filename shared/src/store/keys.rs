@@ -228,3 +228,34 @@ impl SealedKey {
         })
     }
 }
+
+/// A stored key as a backup reads it (sealed; the caller opens it).
+#[derive(Debug, Clone, FromRow)]
+pub struct ExportRow {
+    pub id: Uuid,
+    pub pool_id: Uuid,
+    pub ciphertext: Vec<u8>,
+    pub nonce: Vec<u8>,
+    pub enc_key_id: String,
+    pub status: KeyStatus,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Up to `limit` keys after key `after` (by id, time-ordered UUIDv7), of one pool or of
+/// every pool: a backup walks the table in bounded pages.
+pub async fn export_page(
+    conn: &mut PgConnection,
+    pool_id: Option<Uuid>,
+    after: Uuid,
+    limit: i64,
+) -> Result<Vec<ExportRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, pool_id, ciphertext, nonce, enc_key_id, status, created_at FROM keys
+         WHERE ($1::uuid IS NULL OR pool_id = $1) AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(pool_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
