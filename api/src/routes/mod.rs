@@ -10,5 +10,6 @@ pub mod offers;
 pub mod orders;
 pub mod payments;
 pub mod pools;
+pub mod seller_orders;
 pub mod upload;
 pub mod webhook_endpoints;

@@ -201,6 +201,7 @@ pub async fn encryption_key_ids(conn: &mut PgConnection) -> Result<Vec<String>, 
 #[derive(Debug, Clone)]
 pub struct SealedKey {
     pub id: Uuid,
+    /// The pool the ciphertext is bound to; for a MANUAL order's key, its order.
     pub pool_id: Uuid,
     pub sealed: Sealed,
 }

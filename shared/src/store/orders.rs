@@ -203,7 +203,12 @@ pub const READ: &str = concat!(
     "),
          k AS (SELECT k.id, k.pool_id, k.ciphertext, k.nonce, k.enc_key_id, k.created_at
                FROM order_deliveries d JOIN keys k ON k.id = d.key_id
-               WHERE d.order_id = $1 AND EXISTS (SELECT 1 FROM o WHERE o.status = 'FULFILLED')),
+               WHERE d.order_id = $1 AND EXISTS (SELECT 1 FROM o WHERE o.status = 'FULFILLED')
+               UNION ALL
+               -- A MANUAL order's keys, sealed for their order (in the pool's place).
+               SELECT m.id, m.order_id, m.ciphertext, m.nonce, m.enc_key_id, m.created_at
+               FROM manual_keys m
+               WHERE m.order_id = $1 AND EXISTS (SELECT 1 FROM o WHERE o.status = 'FULFILLED')),
          a AS (INSERT INTO audit_log (actor_role, actor_subject, actor_token_id, action, order_id, details)
                SELECT $4, $5, $6, 'order.keys_read', $1,
                       jsonb_build_object('route', $7::text,
@@ -297,14 +302,17 @@ pub async fn page_for_buyer(
         .await
 }
 
-/// Up to `limit` PAID orders paid before `cutoff` (the sweeper checks they have a job).
+/// Up to `limit` PAID orders with a pool paid before `cutoff` (the sweeper checks they
+/// have a job). A MANUAL order (no pool) waits for its seller, not for a job: its one job
+/// finishes with nothing to do, and giving it another every pass would loop forever.
 pub async fn paid_before(
     conn: &mut PgConnection,
     cutoff: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT id FROM orders WHERE status = 'PAID' AND paid_at < $1 ORDER BY paid_at LIMIT $2",
+        "SELECT id FROM orders WHERE status = 'PAID' AND paid_at < $1 AND pool_id IS NOT NULL
+         ORDER BY paid_at LIMIT $2",
     )
     .bind(cutoff)
     .bind(limit)
@@ -320,4 +328,59 @@ pub async fn waiting_counts(conn: &mut PgConnection) -> Result<(i64, i64), sqlx:
     )
     .fetch_one(conn)
     .await
+}
+
+pub const PAGE_FOR_SELLER: &str = concat!(
+    "SELECT ",
+    order_columns!(),
+    " FROM orders o WHERE EXISTS (SELECT 1 FROM offers f WHERE f.id = o.offer_id AND f.seller_id = $1)
+       AND ($2::text IS NULL OR status = $2) AND (created_at, id) < ($3, $4)
+     ORDER BY created_at DESC, id DESC LIMIT $5"
+);
+
+/// Up to `fetch` orders of the seller's offers before `after`, newest first (a seller
+/// lists the MANUAL orders waiting for it). Never their keys.
+pub async fn page_for_seller(
+    conn: &mut PgConnection,
+    seller_id: Uuid,
+    status: Option<OrderStatus>,
+    after: Option<After>,
+    fetch: i64,
+) -> Result<Vec<OrderRow>, sqlx::Error> {
+    sqlx::query_as(PAGE_FOR_SELLER)
+        .bind(seller_id)
+        .bind(status)
+        .bind(after.unwrap_or(After::END).created_at)
+        .bind(after.unwrap_or(After::END).id)
+        .bind(fetch)
+        .fetch_all(conn)
+        .await
+}
+
+pub const LOCK_FOR_SELLER: &str = concat!(
+    "SELECT o.id, o.buyer_id, o.storefront_id, o.offer_id, o.pool_id, o.quantity,
+            o.amount_cents, o.currency, o.status, o.created_at, o.paid_at, o.fulfilled_at,
+            o.canceled_at, f.delivery_type FROM orders o JOIN offers f ON f.id = o.offer_id
+     WHERE o.id = $1 AND f.seller_id = $2 FOR UPDATE OF o"
+);
+
+/// An order of one of the seller's offers, row-locked, with its offer's delivery type;
+/// None (and nothing locked) for another seller's.
+pub async fn lock_for_seller(
+    conn: &mut PgConnection,
+    id: Uuid,
+    seller_id: Uuid,
+) -> Result<Option<(OrderRow, crate::model::DeliveryType)>, sqlx::Error> {
+    #[derive(FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        order: OrderRow,
+        delivery_type: crate::model::DeliveryType,
+    }
+    let row: Option<Row> = sqlx::query_as(LOCK_FOR_SELLER)
+        .bind(id)
+        .bind(seller_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|r| (r.order, r.delivery_type)))
 }

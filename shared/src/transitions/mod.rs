@@ -9,11 +9,13 @@
 //! | invalidate | AVAILABLE -> INVALID | | [`invalidate`] |
 //! | reserve | AVAILABLE -> RESERVED | PAID, backordered | [`delivery::deliver`] |
 //! | deliver | AVAILABLE/RESERVED -> DELIVERED | PAID -> FULFILLED | [`delivery::deliver`] |
+//! | deliver by hand (MANUAL) | (keys the seller gives) | PAID -> FULFILLED | [`manual::deliver`] |
 //!
 //! Every function runs on the caller's transaction, on rows the caller has locked where
 //! it says so; the caller commits.
 
 pub mod delivery;
+pub mod manual;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;

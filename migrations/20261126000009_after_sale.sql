@@ -1,0 +1,36 @@
+-- After the sale: MANUAL deliveries, refunds, reveal tracking.
+
+-- A MANUAL offer's units held by open (PENDING or PAID) orders, summed at each order
+-- placed on the offer (under the offer's row lock): one index range per offer.
+CREATE INDEX orders_open_by_offer_idx ON orders (offer_id)
+    WHERE status IN ('PENDING', 'PAID');
+
+-- Keys a seller delivers by hand to a MANUAL order. Sealed like pool keys, bound to the
+-- key's id and its order's id (a MANUAL key has no pool); deduplicated among themselves by
+-- the same HMAC fingerprint. Never deleted.
+CREATE TABLE manual_keys (
+    id          uuid PRIMARY KEY,
+    order_id    uuid NOT NULL REFERENCES orders (id),
+    ciphertext  bytea NOT NULL,
+    nonce       bytea NOT NULL CONSTRAINT manual_keys_nonce_length CHECK (octet_length(nonce) = 12),
+    enc_key_id  text NOT NULL,
+    fingerprint bytea NOT NULL CONSTRAINT manual_keys_fingerprint_unique UNIQUE,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- The first time the plaintext left autokey (an order read, a fulfill answer).
+    revealed_at timestamptz
+);
+CREATE INDEX manual_keys_order_idx ON manual_keys (order_id, created_at, id);
+CREATE TRIGGER manual_keys_no_delete BEFORE DELETE ON manual_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION forbid_delete();
+
+-- The first time a delivered pool key's plaintext left autokey.
+ALTER TABLE order_deliveries ADD COLUMN revealed_at timestamptz;
+-- A delivery a refund took back (the key went back to the pool or became INVALID): the
+-- order keeps its history, the key may be sold again.
+ALTER TABLE order_deliveries ADD COLUMN returned_at timestamptz;
+
+-- A FULFILLED order refunded by the payment provider stays FULFILLED with this time.
+ALTER TABLE orders ADD COLUMN refunded_at timestamptz;
+-- Why a key is INVALID (`refunded` when a refund took back a key that had been revealed;
+-- null for a seller's withdrawal).
+ALTER TABLE keys ADD COLUMN invalid_reason text;

@@ -1,0 +1,304 @@
+//! After the sale: MANUAL offers delivered by their seller, refunds, reveal tracking.
+//! Every path against a real PostgreSQL, with the pools' counts checked after each.
+
+use std::time::Duration;
+
+use autokey_tests::{TestApp, WEBHOOK_SECRET, fixtures, spawn_app};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// A seller with an active MANUAL offer of `stock` units at 999 EUR cents.
+async fn manual_offer(app: &TestApp, stock: i32) -> (String, Uuid) {
+    let (seller, _) = app.seller().await;
+    let r = app
+        .post(
+            "/offers/draft",
+            &seller,
+            json!({"title": "Boxed", "priceCents": 999, "currency": "EUR",
+                   "deliveryType": "MANUAL", "stockCount": stock}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let offer: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
+    let r = app
+        .post("/offers/publish", &seller, json!({"offerId": offer}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    (seller, offer)
+}
+
+async fn place(app: &TestApp, token: &str, offer: Uuid, quantity: i32) -> Value {
+    let r = app
+        .post("/orders", token, json!({"offerId": offer, "quantity": quantity}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    r.body
+}
+
+fn id_of(body: &Value) -> Uuid {
+    body["id"].as_str().unwrap().parse().unwrap()
+}
+
+async fn pay(app: &TestApp, token: &str, id: Uuid) {
+    let r = app
+        .post(&format!("/orders/{id}/pay"), token, json!(null))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+}
+
+async fn sellable(app: &TestApp, seller: &str, offer: Uuid) -> i64 {
+    let r = app.get(&format!("/offers/{offer}"), seller).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["sellableCount"], r.body["autoKeyAvailableCount"]);
+    r.body["sellableCount"].as_i64().unwrap()
+}
+
+async fn scalar(app: &TestApp, sql: &str, id: Uuid) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+/// Every pool's counters add up and match its keys' statuses.
+async fn assert_pool_invariant(app: &TestApp) {
+    let bad: Vec<(Uuid, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT p.id, p.total_keys, p.available_keys, p.reserved_keys, p.delivered_keys,
+                p.invalid_keys
+         FROM key_pools p
+         WHERE p.total_keys <> p.available_keys + p.reserved_keys + p.delivered_keys + p.invalid_keys
+            OR (p.total_keys, p.available_keys, p.reserved_keys, p.delivered_keys, p.invalid_keys)
+               <> (SELECT count(*), count(*) FILTER (WHERE k.status = 'AVAILABLE'),
+                          count(*) FILTER (WHERE k.status = 'RESERVED'),
+                          count(*) FILTER (WHERE k.status = 'DELIVERED'),
+                          count(*) FILTER (WHERE k.status = 'INVALID')
+                   FROM keys k WHERE k.pool_id = p.id)",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(bad.is_empty(), "pool counters wrong: {bad:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_orders_on_a_manual_stock_of_ten_place_exactly_ten() {
+    let app = spawn_app().await;
+    let (seller, offer) = manual_offer(&app, 10).await;
+    let store = app.storefront().await;
+    let replies = futures::future::join_all((0..50).map(|_| {
+        app.post(
+            "/orders",
+            &store,
+            json!({"offerId": offer, "buyerId": Uuid::new_v4()}),
+        )
+    }))
+    .await;
+    let placed = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .count();
+    let refused = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::BAD_REQUEST && r.code() == "out_of_stock")
+        .count();
+    assert_eq!((placed, refused), (10, 40), "{:?}", replies.first());
+    assert_eq!(sellable(&app, &seller, offer).await, 0);
+    // A canceled order gives its unit back.
+    let one = replies
+        .iter()
+        .find(|r| r.status == StatusCode::CREATED)
+        .unwrap();
+    let r = app
+        .post(&format!("/orders/{}/cancel", id_of(&one.body)), &store, json!(null))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(sellable(&app, &seller, offer).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_manual_order_waits_for_its_seller_who_delivers_it_once() {
+    let app = spawn_app().await;
+    let worker = app.start_worker();
+    let (seller, offer) = manual_offer(&app, 5).await;
+    let (buyer, _) = app.buyer().await;
+    let order = place(&app, &buyer, offer, 2).await;
+    let id = id_of(&order);
+    assert_eq!(sellable(&app, &seller, offer).await, 3);
+
+    // Not paid yet: the seller cannot deliver.
+    let keys = json!({"keys": ["MANUAL-AAAAA-1", "MANUAL-BBBBB-2"]});
+    let r = app
+        .post(&format!("/seller/orders/{id}/deliver"), &seller, keys.clone())
+        .await;
+    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "not_paid"));
+
+    pay(&app, &buyer, id).await;
+    // The worker's job finishes without delivering anything, and nothing loops.
+    app.wait_for_job(id, "Done", Duration::from_secs(10)).await;
+    let r = app
+        .post(&format!("/orders/{id}/fulfill?wait=1"), &buyer, json!(null))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    assert_eq!(r.body["status"], "PAID");
+
+    // The seller sees it waiting; another seller does not.
+    let listed = app.get("/seller/orders?status=PAID", &seller).await;
+    assert_eq!(listed.status, StatusCode::OK, "{:?}", listed.body);
+    let ids: Vec<&str> = listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [id.to_string()]);
+    assert!(listed.body["items"][0].get("keys").is_none());
+    let (other, _) = app.seller().await;
+    let theirs = app.get("/seller/orders", &other).await;
+    assert_eq!(theirs.body["items"], json!([]));
+    let r = app
+        .post(&format!("/seller/orders/{id}/deliver"), &other, keys.clone())
+        .await;
+    assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "not_found"));
+
+    // Wrong count, invalid and repeated keys are refused and change nothing.
+    for bad in [
+        json!({"keys": ["MANUAL-AAAAA-1"]}),
+        json!({"keys": ["MANUAL-AAAAA-1", "abc"]}),
+        json!({"keys": ["MANUAL-AAAAA-1", " MANUAL-AAAAA-1 "]}),
+    ] {
+        let r = app
+            .post(&format!("/seller/orders/{id}/deliver"), &seller, bad.clone())
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::BAD_REQUEST, "validation_failed"),
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        scalar(&app, "SELECT count(*) FROM manual_keys WHERE order_id = $1", id).await,
+        0
+    );
+
+    // Two deliveries at once: one wins, the other is a conflict.
+    let deliver = format!("/seller/orders/{id}/deliver");
+    let (a, b) = tokio::join!(
+        app.post(&deliver, &seller, keys.clone()),
+        app.post(
+            &deliver,
+            &seller,
+            json!({"keys": ["MANUAL-CCCCC-3", "MANUAL-DDDDD-4"]})
+        ),
+    );
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::CONFLICT], "{a:?} {b:?}");
+    let won = if a.status == StatusCode::OK { &a } else { &b };
+    assert_eq!(won.body["status"], "FULFILLED");
+    assert!(won.body.get("keys").is_none(), "the seller never reads them back");
+    assert_eq!(
+        scalar(&app, "SELECT count(*) FROM manual_keys WHERE order_id = $1", id).await,
+        2
+    );
+    // Stored sealed: no plaintext in the row.
+    let cts: Vec<Vec<u8>> = sqlx::query_scalar("SELECT ciphertext FROM manual_keys WHERE order_id = $1")
+        .bind(id)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert!(cts.iter().all(|c| !String::from_utf8_lossy(c).contains("MANUAL-")));
+    // Delivered units left the stock and the open orders: sellable is unchanged.
+    assert_eq!(sellable(&app, &seller, offer).await, 3);
+    assert_eq!(
+        scalar(&app, "SELECT stock_count::bigint FROM offers WHERE id = $1", offer).await,
+        3
+    );
+
+    // The buyer reads them, the same every time, and each read is audited.
+    let got = app.get(&format!("/orders/{id}"), &buyer).await;
+    assert_eq!(got.body["status"], "FULFILLED");
+    let mut plain: Vec<&str> = got.body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key"].as_str().unwrap())
+        .collect();
+    plain.sort();
+    assert!(
+        plain == ["MANUAL-AAAAA-1", "MANUAL-BBBBB-2"]
+            || plain == ["MANUAL-CCCCC-3", "MANUAL-DDDDD-4"],
+        "{plain:?}"
+    );
+    let r = app
+        .post(&format!("/orders/{id}/fulfill"), &buyer, json!(null))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["keys"], got.body["keys"]);
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) FROM audit_log WHERE order_id = $1 AND action = 'order.keys_read'",
+            id
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) FROM audit_log WHERE order_id = $1 AND action = 'order.delivered_manually'",
+            id
+        )
+        .await,
+        1
+    );
+    // Its order.fulfilled event, without plaintext.
+    let events: Vec<Value> = sqlx::query_scalar(
+        "SELECT data FROM events WHERE order_id = $1 AND type = 'order.fulfilled'",
+    )
+    .bind(id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(events.len(), 1);
+    assert!(!events[0].to_string().contains("MANUAL-"));
+    // A key delivered once cannot be delivered to another order.
+    let second = id_of(&place(&app, &buyer, offer, 1).await);
+    pay(&app, &buyer, second).await;
+    let r = app
+        .post(
+            &format!("/seller/orders/{second}/deliver"),
+            &seller,
+            json!({"keys": [plain[0]]}),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "validation_failed"));
+
+    // The sweeper leaves the paid MANUAL order alone, however often it runs.
+    let mut config = autokey_tests::test_worker_config();
+    config.job_retention = Duration::ZERO;
+    config.heartbeat = Duration::from_millis(1);
+    app.wait_for_job(second, "Done", Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..3 {
+        let sweep = autokey_worker::maintenance::run_once(&app.pool, &config)
+            .await
+            .unwrap();
+        assert_eq!(sweep.fulfill_jobs_added, 0);
+    }
+    assert_pool_invariant(&app).await;
+    worker.stop().await.expect("worker stops");
+}
+
+/// An AUTO_KEY shop whose pool counts stay right through it all.
+#[tokio::test]
+async fn auto_key_offers_show_their_sellable_count() {
+    let app = spawn_app().await;
+    let shop = fixtures::shop(&app, 4).await;
+    let (seller, _) = app.token(autokey_shared::model::Role::Seller, Some(shop.seller_id)).await;
+    assert_eq!(sellable(&app, &seller, shop.offer_id).await, 4);
+    let _ = WEBHOOK_SECRET;
+    assert_pool_invariant(&app).await;
+}
