@@ -34,3 +34,10 @@ ALTER TABLE orders ADD COLUMN refunded_at timestamptz;
 -- Why a key is INVALID (`refunded` when a refund took back a key that had been revealed;
 -- null for a seller's withdrawal).
 ALTER TABLE keys ADD COLUMN invalid_reason text;
+
+-- A refund takes its deliveries back (`returned_at`) and a never-revealed key returns to
+-- AVAILABLE, to be sold again: a key is delivered to at most one order *at a time*, and
+-- to one order ever unless a refund gave it back.
+ALTER TABLE order_deliveries DROP CONSTRAINT order_deliveries_key_unique;
+CREATE UNIQUE INDEX order_deliveries_key_unique ON order_deliveries (key_id)
+    WHERE returned_at IS NULL;

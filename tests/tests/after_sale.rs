@@ -299,6 +299,189 @@ async fn auto_key_offers_show_their_sellable_count() {
     let shop = fixtures::shop(&app, 4).await;
     let (seller, _) = app.token(autokey_shared::model::Role::Seller, Some(shop.seller_id)).await;
     assert_eq!(sellable(&app, &seller, shop.offer_id).await, 4);
-    let _ = WEBHOOK_SECRET;
     assert_pool_invariant(&app).await;
+}
+
+fn refund_event(order: Uuid, amount: i64) -> String {
+    json!({"type": "payment.refunded", "data": {"orderId": order, "paymentId": "pay_r",
+           "amountCents": amount, "currency": "EUR"}})
+    .to_string()
+}
+
+async fn refund(app: &TestApp, webhook_id: &str, order: Uuid, amount: i64) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let r = app
+        .webhook(webhook_id, now, &refund_event(order, amount), WEBHOOK_SECRET)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    r.body["outcome"].as_str().unwrap().to_owned()
+}
+
+async fn key_statuses(app: &TestApp, pool: Uuid) -> Vec<(String, Option<String>)> {
+    sqlx::query_as(
+        "SELECT status, invalid_reason FROM keys WHERE pool_id = $1 ORDER BY created_at, id",
+    )
+    .bind(pool)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_cancels_a_paid_order_and_its_reserved_keys_go_back() {
+    let app = spawn_app().await;
+    let worker = app.start_worker();
+    let shop = fixtures::shop(&app, 1).await;
+    // A quantity-3 order on a pool of 1 key, placed through the core (the route's stock
+    // check would refuse it): paid, it reserves the one key and waits.
+    let three = {
+        let mut conn = app.pool.acquire().await.unwrap();
+        let order = autokey_shared::store::orders::insert(
+            &mut conn,
+            &autokey_shared::store::orders::NewOrder {
+                buyer_id: Uuid::new_v4(),
+                storefront_id: None,
+                offer_id: shop.offer_id,
+                pool_id: Some(shop.pool_id),
+                quantity: 3,
+                amount_cents: 2997,
+                currency: "EUR".into(),
+            },
+        )
+        .await
+        .unwrap();
+        order.id
+    };
+    // Unsigned: refused, nothing written.
+    let body = refund_event(three, 2997);
+    let r = app
+        .webhook("rf-bad", chrono::Utc::now().timestamp(), &body, b"wrong-secret")
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refund(&app, "rf-pending", three, 2997).await, "not_paid");
+    let pay_body = json!({"type": "payment.succeeded", "data": {"orderId": three,
+        "paymentId": "p3", "amountCents": 2997, "currency": "EUR"}})
+    .to_string();
+    let r = app
+        .webhook("pay-3", chrono::Utc::now().timestamp(), &pay_body, WEBHOOK_SECRET)
+        .await;
+    assert_eq!(r.body["outcome"], "applied");
+    // It keeps the one key it could reserve and waits.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fixtures::pool_counts(&app, shop.pool_id).await != (0, 1, 0) {
+        assert!(tokio::time::Instant::now() < deadline, "never reserved");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(refund(&app, "rf-3", three, 2997).await, "refunded");
+    assert_eq!(
+        refund(&app, "rf-3", three, 2997).await,
+        "duplicate",
+        "a replayed webhook-id has no effect"
+    );
+    let status: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+        .bind(three)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "CANCELED");
+    assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (1, 0, 0));
+    assert_eq!(
+        scalar(&app, "SELECT count(*) FROM events WHERE order_id = $1 AND type = 'order.canceled'", three).await,
+        1
+    );
+    assert_eq!(refund(&app, "rf-3-again", three, 2997).await, "order_canceled");
+    assert_pool_invariant(&app).await;
+    worker.stop().await.expect("worker stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refunded_fulfilled_order_gives_its_unrevealed_keys_back_to_be_sold_again() {
+    let app = spawn_app().await;
+    let worker = app.start_worker();
+    let shop = fixtures::shop(&app, 2).await;
+    let (buyer, _) = app.buyer().await;
+    let id = id_of(&place(&app, &buyer, shop.offer_id, 2).await);
+    pay(&app, &buyer, id).await;
+    app.wait_for_status(id, "FULFILLED", Duration::from_secs(10)).await;
+    assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (0, 0, 2));
+
+    assert_eq!(refund(&app, "rf-a", id, 999).await, "amount_mismatch");
+    assert_eq!(refund(&app, "rf-b", id, 1998).await, "refunded");
+    assert_eq!(refund(&app, "rf-c", id, 1998).await, "already_refunded");
+    // Never revealed: both keys are AVAILABLE again; the order stays FULFILLED, refunded,
+    // and no longer shows them.
+    assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (2, 0, 0));
+    assert_eq!(
+        key_statuses(&app, shop.pool_id).await,
+        vec![("AVAILABLE".to_owned(), None); 2]
+    );
+    let got = app.get(&format!("/orders/{id}"), &buyer).await;
+    assert_eq!(got.body["status"], "FULFILLED");
+    assert!(got.body["refundedAt"].is_string(), "{:?}", got.body);
+    assert_eq!(got.body["keys"], json!([]));
+    assert_pool_invariant(&app).await;
+
+    // They are sold again, to another order.
+    let again = id_of(&place(&app, &buyer, shop.offer_id, 2).await);
+    pay(&app, &buyer, again).await;
+    let r = app
+        .post(&format!("/orders/{again}/fulfill?wait=10"), &buyer, json!(null))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (0, 0, 2));
+    assert_pool_invariant(&app).await;
+    worker.stop().await.expect("worker stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_racing_the_worker_either_cancels_or_takes_the_keys_back() {
+    let app = spawn_app().await;
+    let shop = fixtures::shop(&app, 40).await;
+    let (buyer, _) = app.buyer().await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let id = id_of(&place(&app, &buyer, shop.offer_id, 2).await);
+        pay(&app, &buyer, id).await;
+        ids.push(id);
+    }
+    // The worker starts as the refunds arrive.
+    let worker = app.start_worker();
+    let outcomes = futures::future::join_all(
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let app = &app;
+                async move { refund(app, &format!("race-{i}"), *id, 1998).await }
+            }),
+    )
+    .await;
+    assert!(outcomes.iter().all(|o| o == "refunded"), "{outcomes:?}");
+    for id in &ids {
+        let (status, refunded, live): (String, bool, i64) = sqlx::query_as(
+            "SELECT status, refunded_at IS NOT NULL,
+                    (SELECT count(*) FROM order_deliveries d
+                     WHERE d.order_id = o.id AND d.returned_at IS NULL)
+             FROM orders o WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        match status.as_str() {
+            "CANCELED" => assert!(!refunded && live == 0),
+            "FULFILLED" => assert!(refunded && live == 0, "{id}: {live} live deliveries"),
+            other => panic!("{id} is {other}"),
+        }
+    }
+    // Whichever came first, every key is back and nothing is owed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fixtures::pool_counts(&app, shop.pool_id).await != (40, 0, 0) {
+        assert!(tokio::time::Instant::now() < deadline, "keys not back");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let r = app.get(&format!("/offers/{}", shop.offer_id), &buyer).await;
+    assert_eq!(r.body["sellableCount"], 40);
+    assert_pool_invariant(&app).await;
+    worker.stop().await.expect("worker stops");
 }

@@ -25,6 +25,10 @@ pub struct Order {
     pub fulfilled_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canceled_at: Option<DateTime<Utc>>,
+    /// When a FULFILLED order was refunded (it stays FULFILLED; keys it had never revealed
+    /// went back to the pool and are no longer shown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refunded_at: Option<DateTime<Utc>>,
     /// Plaintext keys: only when FULFILLED, only to the buyer or a storefront.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keys: Option<Vec<DeliveredKey>>,
@@ -51,6 +55,7 @@ impl Order {
             paid_at: row.paid_at,
             fulfilled_at: row.fulfilled_at,
             canceled_at: row.canceled_at,
+            refunded_at: row.refunded_at,
             keys,
         }
     }

@@ -25,6 +25,8 @@ pub struct OrderRow {
     pub paid_at: Option<DateTime<Utc>>,
     pub fulfilled_at: Option<DateTime<Utc>>,
     pub canceled_at: Option<DateTime<Utc>>,
+    /// When the payment provider refunded a FULFILLED order (it stays FULFILLED).
+    pub refunded_at: Option<DateTime<Utc>>,
 }
 
 #[macro_export]
@@ -32,7 +34,7 @@ pub struct OrderRow {
 macro_rules! order_columns {
     () => {
         "id, buyer_id, storefront_id, offer_id, pool_id, quantity, amount_cents, currency, \
-         status, created_at, paid_at, fulfilled_at, canceled_at"
+         status, created_at, paid_at, fulfilled_at, canceled_at, refunded_at"
     };
 }
 
@@ -203,7 +205,8 @@ pub const READ: &str = concat!(
     "),
          k AS (SELECT k.id, k.pool_id, k.ciphertext, k.nonce, k.enc_key_id, k.created_at
                FROM order_deliveries d JOIN keys k ON k.id = d.key_id
-               WHERE d.order_id = $1 AND EXISTS (SELECT 1 FROM o WHERE o.status = 'FULFILLED')
+               WHERE d.order_id = $1 AND d.returned_at IS NULL
+                 AND EXISTS (SELECT 1 FROM o WHERE o.status = 'FULFILLED')
                UNION ALL
                -- A MANUAL order's keys, sealed for their order (in the pool's place).
                SELECT m.id, m.order_id, m.ciphertext, m.nonce, m.enc_key_id, m.created_at
@@ -360,7 +363,7 @@ pub async fn page_for_seller(
 pub const LOCK_FOR_SELLER: &str = concat!(
     "SELECT o.id, o.buyer_id, o.storefront_id, o.offer_id, o.pool_id, o.quantity,
             o.amount_cents, o.currency, o.status, o.created_at, o.paid_at, o.fulfilled_at,
-            o.canceled_at, f.delivery_type FROM orders o JOIN offers f ON f.id = o.offer_id
+            o.canceled_at, o.refunded_at, f.delivery_type FROM orders o JOIN offers f ON f.id = o.offer_id
      WHERE o.id = $1 AND f.seller_id = $2 FOR UPDATE OF o"
 );
 
