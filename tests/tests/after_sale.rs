@@ -231,6 +231,11 @@ async fn a_paid_manual_order_waits_for_its_seller_who_delivers_it_once() {
             || plain == ["MANUAL-CCCCC-3", "MANUAL-DDDDD-4"],
         "{plain:?}"
     );
+    // The first read recorded each key's reveal; later reads show the same time.
+    assert_eq!(
+        scalar(&app, "SELECT count(*) FROM manual_keys WHERE order_id = $1 AND revealed_at IS NOT NULL", id).await,
+        2
+    );
     let r = app
         .post(&format!("/orders/{id}/fulfill"), &buyer, json!(null))
         .await;
@@ -482,6 +487,123 @@ async fn a_refund_racing_the_worker_either_cancels_or_takes_the_keys_back() {
     }
     let r = app.get(&format!("/offers/{}", shop.offer_id), &buyer).await;
     assert_eq!(r.body["sellableCount"], 40);
+    assert_pool_invariant(&app).await;
+    worker.stop().await.expect("worker stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_reveal_is_recorded_with_its_audit_row_and_decides_what_a_refund_does() {
+    let app = spawn_app().await;
+    let worker = app.start_worker();
+    let shop = fixtures::shop(&app, 0).await;
+    let plaintexts = fixtures::add_keys(&app, shop.pool_id, 3).await;
+    let (seller, _) = app
+        .token(autokey_shared::model::Role::Seller, Some(shop.seller_id))
+        .await;
+    let (buyer, _) = app.buyer().await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = id_of(&place(&app, &buyer, shop.offer_id, 1).await);
+        pay(&app, &buyer, id).await;
+        app.wait_for_status(id, "FULFILLED", Duration::from_secs(10)).await;
+        ids.push(id);
+    }
+    let (read, fulfilled, untouched) = (ids[0], ids[1], ids[2]);
+    let revealed = |id: Uuid| {
+        let app = &app;
+        async move {
+            sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
+                "SELECT revealed_at FROM order_deliveries WHERE order_id = $1",
+            )
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert!(revealed(read).await.is_none(), "delivery alone reveals nothing");
+
+    let first = app.get(&format!("/orders/{read}"), &buyer).await;
+    let at = first.body["keys"][0]["revealedAt"].as_str().unwrap().to_owned();
+    let stored = revealed(read).await.expect("recorded");
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(&at).unwrap(),
+        stored,
+        "the answer shows the recorded time"
+    );
+    let again = app.get(&format!("/orders/{read}"), &buyer).await;
+    assert_eq!(again.body["keys"][0]["revealedAt"], at.as_str());
+    assert_eq!(revealed(read).await, Some(stored), "only the first reveal counts");
+    // Each read has its audit row, the first one saying it revealed the key.
+    let reveals: Vec<i64> = sqlx::query_scalar(
+        "SELECT (details->>'firstReveals')::bigint FROM audit_log
+         WHERE order_id = $1 AND action = 'order.keys_read' ORDER BY id",
+    )
+    .bind(read)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(reveals, [1, 0]);
+    // The fulfill answer reveals too; a foreign caller's attempt reveals nothing.
+    let (stranger, _) = app.buyer().await;
+    let r = app.get(&format!("/orders/{untouched}"), &stranger).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = app
+        .post(&format!("/orders/{fulfilled}/fulfill"), &buyer, json!(null))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body["keys"][0]["revealedAt"].is_string());
+    assert!(revealed(fulfilled).await.is_some());
+    assert!(revealed(untouched).await.is_none());
+
+    // Refunds: the revealed keys become INVALID (refunded), the untouched one is sold again.
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(refund(&app, &format!("rv-{i}"), *id, 999).await, "refunded");
+    }
+    let keys = app
+        .get(&format!("/key-pools/{}/keys", shop.pool_id), &seller)
+        .await;
+    assert_eq!(keys.status, StatusCode::OK, "{:?}", keys.body);
+    let mut seen: Vec<(String, Option<String>)> = keys.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["status"].as_str().unwrap().to_owned(),
+                k["invalidReason"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("AVAILABLE".to_owned(), None),
+            ("INVALID".to_owned(), Some("refunded".to_owned())),
+            ("INVALID".to_owned(), Some("refunded".to_owned())),
+        ]
+    );
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) FROM events WHERE pool_id = $1 AND type = 'key.invalidated'
+               AND data->>'reason' = 'refunded'",
+            shop.pool_id
+        )
+        .await,
+        2
+    );
+    // No event ever carries a plaintext key.
+    let all: Vec<Value> = sqlx::query_scalar("SELECT data FROM events")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert!(!all.is_empty());
+    for data in &all {
+        let text = data.to_string();
+        assert!(plaintexts.iter().all(|p| !text.contains(p.as_str())), "{text}");
+    }
     assert_pool_invariant(&app).await;
     worker.stop().await.expect("worker stops");
 }

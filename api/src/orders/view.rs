@@ -35,9 +35,14 @@ pub struct Order {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct DeliveredKey {
     pub id: Uuid,
     pub key: String,
+    /// The first time this key's plaintext left autokey (this read, when it is the
+    /// first). A refund returns a key never revealed to the pool; a revealed one becomes
+    /// INVALID.
+    pub revealed_at: DateTime<Utc>,
 }
 
 impl Order {

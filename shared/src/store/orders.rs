@@ -203,19 +203,29 @@ pub const READ: &str = concat!(
         " FROM orders WHERE id = $1 AND ",
     visible_to_viewer!(),
     "),
-         k AS (SELECT k.id, k.pool_id, k.ciphertext, k.nonce, k.enc_key_id, k.created_at
+         k AS (SELECT k.id, k.pool_id, k.ciphertext, k.nonce, k.enc_key_id, k.created_at,
+                      coalesce(d.revealed_at, now()) AS revealed_at
                FROM order_deliveries d JOIN keys k ON k.id = d.key_id
                WHERE d.order_id = $1 AND d.returned_at IS NULL
                  AND EXISTS (SELECT 1 FROM o WHERE o.status = 'FULFILLED')
                UNION ALL
-               -- A MANUAL order's keys, sealed for their order (in the pool's place).
-               SELECT m.id, m.order_id, m.ciphertext, m.nonce, m.enc_key_id, m.created_at
+               SELECT m.id, m.order_id, m.ciphertext, m.nonce, m.enc_key_id, m.created_at,
+                      coalesce(m.revealed_at, now())
                FROM manual_keys m
                WHERE m.order_id = $1 AND EXISTS (SELECT 1 FROM o WHERE o.status = 'FULFILLED')),
+         rd AS (UPDATE order_deliveries d SET revealed_at = now()
+                WHERE d.order_id = $1 AND d.returned_at IS NULL AND d.revealed_at IS NULL
+                  AND EXISTS (SELECT 1 FROM o WHERE o.status = 'FULFILLED')
+                RETURNING 1),
+         rm AS (UPDATE manual_keys m SET revealed_at = now()
+                WHERE m.order_id = $1 AND m.revealed_at IS NULL
+                  AND EXISTS (SELECT 1 FROM o WHERE o.status = 'FULFILLED')
+                RETURNING 1),
          a AS (INSERT INTO audit_log (actor_role, actor_subject, actor_token_id, action, order_id, details)
                SELECT $4, $5, $6, 'order.keys_read', $1,
                       jsonb_build_object('route', $7::text,
-                                         'keyIds', (SELECT jsonb_agg(id ORDER BY created_at, id) FROM k))
+                                         'keyIds', (SELECT jsonb_agg(id ORDER BY created_at, id) FROM k),
+                                         'firstReveals', (SELECT count(*) FROM rd) + (SELECT count(*) FROM rm))
                WHERE EXISTS (SELECT 1 FROM k)
                RETURNING 1)
          SELECT o.*,
@@ -223,20 +233,24 @@ pub const READ: &str = concat!(
                 (SELECT array_agg(pool_id ORDER BY created_at, id) FROM k) AS key_pools,
                 (SELECT array_agg(ciphertext ORDER BY created_at, id) FROM k) AS ciphertexts,
                 (SELECT array_agg(nonce ORDER BY created_at, id) FROM k) AS nonces,
-                (SELECT array_agg(enc_key_id ORDER BY created_at, id) FROM k) AS enc_key_ids
+                (SELECT array_agg(enc_key_id ORDER BY created_at, id) FROM k) AS enc_key_ids,
+                (SELECT array_agg(revealed_at ORDER BY created_at, id) FROM k) AS revealed
          FROM o"
     );
 
 /// An order as `viewer` reads it: with its delivered keys (sealed) when FULFILLED, and
 /// then an `order.keys_read` audit row written by the same statement, so the read and
-/// its record commit together or not at all. One round trip.
+/// its record commit together or not at all. One round trip. The same statement records
+/// each key's first reveal (`revealed_at`, on its delivery): a refund later treats a
+/// revealed key as used. Each key comes with its first reveal's time. Keys a refund took
+/// back are not shown.
 pub async fn read(
     conn: &mut PgConnection,
     id: Uuid,
     viewer: Viewer,
     actor: &Actor,
     route: &str,
-) -> Result<Option<(OrderRow, Vec<SealedKey>)>, CoreError> {
+) -> Result<Option<(OrderRow, Vec<(SealedKey, DateTime<Utc>)>)>, CoreError> {
     #[derive(FromRow)]
     struct Row {
         #[sqlx(flatten)]
@@ -246,6 +260,7 @@ pub async fn read(
         ciphertexts: Option<Vec<Vec<u8>>>,
         nonces: Option<Vec<Vec<u8>>>,
         enc_key_ids: Option<Vec<String>>,
+        revealed: Option<Vec<DateTime<Utc>>>,
     }
     let row: Option<Row> = sqlx::query_as(READ)
         .bind(id)
@@ -263,14 +278,16 @@ pub async fn read(
     let cts = row.ciphertexts.unwrap_or_default();
     let nonces = row.nonces.unwrap_or_default();
     let enc = row.enc_key_ids.unwrap_or_default();
+    let revealed = row.revealed.unwrap_or_default();
     let keys = ids
         .into_iter()
         .zip(pools)
         .zip(cts)
         .zip(nonces)
         .zip(enc)
-        .map(|((((id, pool_id), ct), nonce), enc_key_id)| {
-            SealedKey::from_parts(id, pool_id, ct, nonce, enc_key_id)
+        .zip(revealed)
+        .map(|(((((id, pool_id), ct), nonce), enc_key_id), revealed_at)| {
+            SealedKey::from_parts(id, pool_id, ct, nonce, enc_key_id).map(|k| (k, revealed_at))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Some((row.order, keys)))
