@@ -41,3 +41,37 @@ ALTER TABLE keys ADD COLUMN invalid_reason text;
 ALTER TABLE order_deliveries DROP CONSTRAINT order_deliveries_key_unique;
 CREATE UNIQUE INDEX order_deliveries_key_unique ON order_deliveries (key_id)
     WHERE returned_at IS NULL;
+
+-- Key reports: a buyer or storefront says a delivered key does not work; the seller
+-- approves (the key becomes INVALID and a replacement from the same pool is delivered to
+-- the same order by the worker, once) or rejects. At most one live report per key.
+CREATE TABLE key_reports (
+    id                 uuid PRIMARY KEY,
+    order_id           uuid NOT NULL REFERENCES orders (id),
+    key_id             uuid NOT NULL REFERENCES keys (id),
+    pool_id            uuid NOT NULL REFERENCES key_pools (id),
+    reason             text NOT NULL CONSTRAINT key_reports_reason_check
+                       CHECK (length(reason) BETWEEN 1 AND 1000),
+    status             text NOT NULL DEFAULT 'open' CONSTRAINT key_reports_status_check
+                       CHECK (status IN ('open', 'approved', 'rejected')),
+    note               text,
+    replacement_key_id uuid REFERENCES keys (id),
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    decided_at         timestamptz,
+    CONSTRAINT key_reports_replacement_needs_approval
+        CHECK (replacement_key_id IS NULL OR status = 'approved')
+);
+CREATE UNIQUE INDEX key_reports_one_live_per_key ON key_reports (key_id)
+    WHERE status <> 'rejected';
+CREATE INDEX key_reports_pool_idx ON key_reports (pool_id, created_at, id);
+-- Approved reports still waiting for a key, oldest approved first (served like backorders).
+CREATE INDEX key_reports_waiting_idx ON key_reports (pool_id, decided_at, id)
+    WHERE status = 'approved' AND replacement_key_id IS NULL;
+CREATE INDEX key_reports_order_idx ON key_reports (order_id);
+
+-- A delivery that replaces another key of the same order.
+ALTER TABLE order_deliveries ADD COLUMN replaces uuid REFERENCES keys (id);
+
+-- Reports on this pool's keys approved automatically, up to this many per order.
+ALTER TABLE key_pools ADD COLUMN auto_replace_limit integer NOT NULL DEFAULT 0
+    CONSTRAINT key_pools_auto_replace_check CHECK (auto_replace_limit BETWEEN 0 AND 100);

@@ -607,3 +607,209 @@ async fn the_first_reveal_is_recorded_with_its_audit_row_and_decides_what_a_refu
     assert_pool_invariant(&app).await;
     worker.stop().await.expect("worker stops");
 }
+
+/// A shop of `keys` keys, a buyer and one FULFILLED order of `quantity`; returns the
+/// seller's token, the buyer's, the order and its keys' ids.
+async fn fulfilled_order(
+    app: &TestApp,
+    keys: usize,
+    quantity: i32,
+) -> (fixtures::Shop, String, String, Uuid, Vec<Uuid>) {
+    let shop = fixtures::shop(app, keys).await;
+    let (seller, _) = app
+        .token(autokey_shared::model::Role::Seller, Some(shop.seller_id))
+        .await;
+    let (buyer, _) = app.buyer().await;
+    let id = id_of(&place(app, &buyer, shop.offer_id, quantity).await);
+    pay(app, &buyer, id).await;
+    let r = app
+        .post(&format!("/orders/{id}/fulfill?wait=10"), &buyer, json!(null))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let key_ids = r.body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    (shop, seller, buyer, id, key_ids)
+}
+
+async fn report(app: &TestApp, token: &str, order: Uuid, key: Uuid) -> Value {
+    let r = app
+        .post(
+            &format!("/orders/{order}/keys/{key}/report"),
+            token,
+            json!({"reason": "already redeemed"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    r.body
+}
+
+/// Waits until the report has its replacement; returns it.
+async fn replacement_of(app: &TestApp, report: Uuid) -> Uuid {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r: Option<Uuid> =
+            sqlx::query_scalar("SELECT replacement_key_id FROM key_reports WHERE id = $1")
+                .bind(report)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        if let Some(k) = r {
+            return k;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no replacement for {report}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn deliveries(app: &TestApp, order: Uuid) -> i64 {
+    scalar(app, "SELECT count(*) FROM order_deliveries WHERE order_id = $1", order).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_approvals_at_once_give_one_replacement_shown_in_the_order() {
+    let app = spawn_app().await;
+    let worker = app.start_worker();
+    let (shop, seller, buyer, id, keys) = fulfilled_order(&app, 5, 2).await;
+    let reported = report(&app, &buyer, id, keys[0]).await;
+    assert_eq!(reported["status"], "open");
+    let report_id: Uuid = id_of(&reported);
+    // A key of someone else's order, or a second live report, is refused.
+    let (stranger, _) = app.buyer().await;
+    let r = app
+        .post(&format!("/orders/{id}/keys/{}/report", keys[0]), &stranger, json!({"reason": "x"}))
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = app
+        .post(&format!("/orders/{id}/keys/{}/report", keys[0]), &buyer, json!({"reason": "again"}))
+        .await;
+    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "conflict"));
+
+    let listed = app.get("/seller/key-reports?status=open", &seller).await;
+    assert_eq!(listed.status, StatusCode::OK, "{:?}", listed.body);
+    assert_eq!(listed.body["items"][0]["id"], report_id.to_string());
+    let (other_seller, _) = app.seller().await;
+    let theirs = app.get("/seller/key-reports", &other_seller).await;
+    assert_eq!(theirs.body["items"], json!([]));
+    let r = app
+        .post(&format!("/seller/key-reports/{report_id}/approve"), &other_seller, json!(null))
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Two sessions of the seller approve at once.
+    let (second, _) = app
+        .token(autokey_shared::model::Role::Seller, Some(shop.seller_id))
+        .await;
+    let path = format!("/seller/key-reports/{report_id}/approve");
+    let (a, b) = tokio::join!(
+        app.post(&path, &seller, json!(null)),
+        app.post(&path, &second, json!(null))
+    );
+    assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK), "{a:?} {b:?}");
+    assert_eq!(a.body["status"], "approved");
+    let new_key = replacement_of(&app, report_id).await;
+    // Approving again later changes nothing either.
+    let r = app.post(&path, &seller, json!(null)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(deliveries(&app, id).await, 3, "two keys and one replacement");
+    assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (2, 0, 2));
+
+    // The order shows the replacement and marks the replaced key.
+    let got = app.get(&format!("/orders/{id}"), &buyer).await;
+    let shown = got.body["keys"].as_array().unwrap();
+    assert_eq!(shown.len(), 3, "{:?}", got.body);
+    let old = shown.iter().find(|k| k["id"] == keys[0].to_string()).unwrap();
+    assert_eq!(old["replacedBy"], new_key.to_string());
+    let new = shown.iter().find(|k| k["id"] == new_key.to_string()).unwrap();
+    assert_eq!(new["replaces"], keys[0].to_string());
+    assert!(new["key"].as_str().unwrap().starts_with("KEY-"));
+    let seller_keys = app
+        .get(&format!("/key-pools/{}/keys?status=INVALID", shop.pool_id), &seller)
+        .await;
+    assert_eq!(seller_keys.body["items"][0]["invalidReason"], "replaced");
+
+    // Reject: another report on the other key; rejecting twice is fine, approving is not.
+    let second_report = id_of(&report(&app, &buyer, id, keys[1]).await);
+    let reject = format!("/seller/key-reports/{second_report}/reject");
+    let r = app.post(&reject, &seller, json!({"note": "works for us"})).await;
+    assert_eq!((r.status, r.body["status"].as_str()), (StatusCode::OK, Some("rejected")));
+    assert_eq!(r.body["note"], "works for us");
+    let r = app.post(&reject, &seller, json!({})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = app
+        .post(&format!("/seller/key-reports/{second_report}/approve"), &seller, json!(null))
+        .await;
+    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "conflict"));
+    assert_eq!(deliveries(&app, id).await, 3);
+
+    // A refund after it all: the replaced key stays INVALID, the others come back.
+    assert_eq!(refund(&app, "rp-refund", id, 1998).await, "refunded");
+    assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (2, 0, 0));
+    assert_pool_invariant(&app).await;
+    worker.stop().await.expect("worker stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replacement_waits_for_stock_and_races_an_upload_once() {
+    let app = spawn_app().await;
+    let worker = app.start_worker();
+    let (shop, seller, buyer, id, keys) = fulfilled_order(&app, 1, 1).await;
+    let report_id = id_of(&report(&app, &buyer, id, keys[0]).await);
+    let approve = format!("/seller/key-reports/{report_id}/approve");
+    let (approved, added) = tokio::join!(
+        app.post(&approve, &seller, json!(null)),
+        fixtures::add_keys(&app, shop.pool_id, 1),
+    );
+    assert_eq!(approved.status, StatusCode::OK, "{:?}", approved.body);
+    assert_eq!(added.len(), 1);
+    let new_key = replacement_of(&app, report_id).await;
+    assert_ne!(new_key, keys[0]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(deliveries(&app, id).await, 2);
+    assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (0, 0, 1));
+    assert_pool_invariant(&app).await;
+
+    // The pool is empty now: the next approved replacement waits, then an upload serves it.
+    let second = id_of(&report(&app, &buyer, id, new_key).await);
+    let r = app
+        .post(&format!("/seller/key-reports/{second}/approve"), &seller, json!(null))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(deliveries(&app, id).await, 2, "nothing to give yet");
+    let r = app.get("/seller/key-reports?status=approved", &seller).await;
+    assert!(r.body["items"].as_array().unwrap().iter().any(|i| i["id"] == second.to_string()
+        && i.get("replacementKeyId").is_none()));
+    fixtures::add_keys(&app, shop.pool_id, 2).await;
+    replacement_of(&app, second).await;
+    assert_eq!(deliveries(&app, id).await, 3);
+    assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (1, 0, 1));
+    assert_pool_invariant(&app).await;
+    worker.stop().await.expect("worker stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_may_replace_automatically_up_to_its_limit_per_order() {
+    let app = spawn_app().await;
+    let worker = app.start_worker();
+    let (shop, _seller, buyer, id, keys) = fulfilled_order(&app, 5, 2).await;
+    {
+        let mut conn = app.pool.acquire().await.unwrap();
+        autokey_shared::store::pools::set_auto_replace_limit(&mut conn, shop.pool_id, 1)
+            .await
+            .unwrap();
+    }
+    let first = report(&app, &buyer, id, keys[0]).await;
+    assert_eq!(first["status"], "approved", "{first:?}");
+    replacement_of(&app, id_of(&first)).await;
+    let second = report(&app, &buyer, id, keys[1]).await;
+    assert_eq!(second["status"], "open", "over the limit: the seller decides");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(deliveries(&app, id).await, 3);
+    assert_pool_invariant(&app).await;
+    worker.stop().await.expect("worker stops");
+}

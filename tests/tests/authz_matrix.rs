@@ -38,10 +38,12 @@ fn access(operation_id: &str) -> Access {
         "getMetrics" => Access::Roles(ADMIN),
         "createPool" | "listPools" | "getPool" | "uploadKeys" | "listKeys" | "invalidateKey"
         | "saveDraft" | "publishOffer" | "setOfferStatus" | "listSellerOffers"
-        | "listSellerOrders" | "deliverManualOrder" => {
+        | "listSellerOrders" | "deliverManualOrder" | "listKeyReports" | "approveKeyReport"
+        | "rejectKeyReport" => {
             Access::Roles(SELLER)
         }
-        "createOrder" | "listOrders" | "getOrder" | "payOrder" | "cancelOrder" | "fulfillOrder" => {
+        "createOrder" | "listOrders" | "getOrder" | "payOrder" | "cancelOrder" | "fulfillOrder"
+        | "reportKey" => {
             Access::Roles(BUYER_SIDE)
         }
         "createWebhookEndpoint"
@@ -310,6 +312,8 @@ fn request(op: &Op, who: &Who, target: Target, world: &World) -> (String, Option
             json!({"url": "http://127.0.0.1:9/other", "eventTypes": ["order.fulfilled"]})
         }
         "deliverManualOrder" => json!({"keys": [format!("MATRIX-MANUAL-{}", Uuid::new_v4())]}),
+        "reportKey" => json!({"reason": "does not work"}),
+        "rejectKeyReport" => json!({}),
         "paymentWebhook" => {
             json!({"type": "payment.succeeded", "data": {"orderId": world.buyer_order,
             "paymentId": "p", "amountCents": 500, "currency": "EUR"}})

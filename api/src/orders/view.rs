@@ -43,6 +43,12 @@ pub struct DeliveredKey {
     /// first). A refund returns a key never revealed to the pool; a revealed one becomes
     /// INVALID.
     pub revealed_at: DateTime<Utc>,
+    /// This key was reported and replaced (it is INVALID now) by this key of the order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<Uuid>,
+    /// This key replaced that one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<Uuid>,
 }
 
 impl Order {

@@ -3,6 +3,7 @@
 pub mod console;
 pub mod events;
 pub mod health;
+pub mod key_reports;
 pub mod keys;
 pub mod me;
 pub mod metrics;

@@ -197,6 +197,18 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>,
     sqlx::query_as(LOCK).bind(id).fetch_optional(conn).await
 }
 
+/// A delivered key as its order shows it.
+#[derive(Debug, Clone)]
+pub struct ShownKey {
+    pub sealed: SealedKey,
+    /// Its first reveal (this read's time when this read is the first).
+    pub revealed_at: DateTime<Utc>,
+    /// The key of the same order it replaced.
+    pub replaces: Option<Uuid>,
+    /// The key that replaced it (it is INVALID now).
+    pub replaced_by: Option<Uuid>,
+}
+
 pub const READ: &str = concat!(
         "WITH o AS (SELECT ",
         order_columns!(),
@@ -204,13 +216,16 @@ pub const READ: &str = concat!(
     visible_to_viewer!(),
     "),
          k AS (SELECT k.id, k.pool_id, k.ciphertext, k.nonce, k.enc_key_id, k.created_at,
-                      coalesce(d.revealed_at, now()) AS revealed_at
+                      coalesce(d.revealed_at, now()) AS revealed_at, d.replaces,
+                      (SELECT r.key_id FROM order_deliveries r
+                       WHERE r.order_id = d.order_id AND r.replaces = d.key_id
+                         AND r.returned_at IS NULL LIMIT 1) AS replaced_by
                FROM order_deliveries d JOIN keys k ON k.id = d.key_id
                WHERE d.order_id = $1 AND d.returned_at IS NULL
                  AND EXISTS (SELECT 1 FROM o WHERE o.status = 'FULFILLED')
                UNION ALL
                SELECT m.id, m.order_id, m.ciphertext, m.nonce, m.enc_key_id, m.created_at,
-                      coalesce(m.revealed_at, now())
+                      coalesce(m.revealed_at, now()), NULL::uuid, NULL::uuid
                FROM manual_keys m
                WHERE m.order_id = $1 AND EXISTS (SELECT 1 FROM o WHERE o.status = 'FULFILLED')),
          rd AS (UPDATE order_deliveries d SET revealed_at = now()
@@ -234,7 +249,9 @@ pub const READ: &str = concat!(
                 (SELECT array_agg(ciphertext ORDER BY created_at, id) FROM k) AS ciphertexts,
                 (SELECT array_agg(nonce ORDER BY created_at, id) FROM k) AS nonces,
                 (SELECT array_agg(enc_key_id ORDER BY created_at, id) FROM k) AS enc_key_ids,
-                (SELECT array_agg(revealed_at ORDER BY created_at, id) FROM k) AS revealed
+                (SELECT array_agg(revealed_at ORDER BY created_at, id) FROM k) AS revealed,
+                (SELECT array_agg(replaces ORDER BY created_at, id) FROM k) AS replaces,
+                (SELECT array_agg(replaced_by ORDER BY created_at, id) FROM k) AS replaced_by
          FROM o"
     );
 
@@ -250,7 +267,7 @@ pub async fn read(
     viewer: Viewer,
     actor: &Actor,
     route: &str,
-) -> Result<Option<(OrderRow, Vec<(SealedKey, DateTime<Utc>)>)>, CoreError> {
+) -> Result<Option<(OrderRow, Vec<ShownKey>)>, CoreError> {
     #[derive(FromRow)]
     struct Row {
         #[sqlx(flatten)]
@@ -261,6 +278,8 @@ pub async fn read(
         nonces: Option<Vec<Vec<u8>>>,
         enc_key_ids: Option<Vec<String>>,
         revealed: Option<Vec<DateTime<Utc>>>,
+        replaces: Option<Vec<Option<Uuid>>>,
+        replaced_by: Option<Vec<Option<Uuid>>>,
     }
     let row: Option<Row> = sqlx::query_as(READ)
         .bind(id)
@@ -279,6 +298,8 @@ pub async fn read(
     let nonces = row.nonces.unwrap_or_default();
     let enc = row.enc_key_ids.unwrap_or_default();
     let revealed = row.revealed.unwrap_or_default();
+    let replaces = row.replaces.unwrap_or_default();
+    let replaced_by = row.replaced_by.unwrap_or_default();
     let keys = ids
         .into_iter()
         .zip(pools)
@@ -286,9 +307,17 @@ pub async fn read(
         .zip(nonces)
         .zip(enc)
         .zip(revealed)
-        .map(|(((((id, pool_id), ct), nonce), enc_key_id), revealed_at)| {
-            SealedKey::from_parts(id, pool_id, ct, nonce, enc_key_id).map(|k| (k, revealed_at))
-        })
+        .zip(replaces.into_iter().zip(replaced_by))
+        .map(
+            |((((((id, pool_id), ct), nonce), enc_key_id), revealed_at), (replaces, replaced_by))| {
+                SealedKey::from_parts(id, pool_id, ct, nonce, enc_key_id).map(|sealed| ShownKey {
+                    sealed,
+                    revealed_at,
+                    replaces,
+                    replaced_by,
+                })
+            },
+        )
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Some((row.order, keys)))
 }

@@ -19,7 +19,9 @@ pub const REFUND_FULFILLED: &str =
     "WITH o AS (UPDATE orders SET refunded_at = now()
            WHERE id = $1 AND status = 'FULFILLED' AND refunded_at IS NULL RETURNING id),
      d AS (UPDATE order_deliveries d SET returned_at = now()
-           FROM o WHERE d.order_id = o.id AND d.returned_at IS NULL
+           FROM o, keys dk
+           WHERE d.order_id = o.id AND d.returned_at IS NULL
+             AND dk.id = d.key_id AND dk.status = 'DELIVERED' AND dk.order_id = o.id
            RETURNING d.key_id, d.revealed_at),
      back AS (UPDATE keys k SET status = 'AVAILABLE', order_id = NULL, delivered_at = NULL,
                      reserved_at = NULL
