@@ -281,6 +281,12 @@ async fn a_paid_manual_order_waits_for_its_seller_who_delivers_it_once() {
         .await;
     assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "validation_failed"));
 
+    // A refund of the delivered MANUAL order: it stays FULFILLED, refunded.
+    assert_eq!(refund(&app, "rf-manual", id, 1998).await, "refunded");
+    let got = app.get(&format!("/orders/{id}"), &buyer).await;
+    assert_eq!(got.body["status"], "FULFILLED");
+    assert!(got.body["refundedAt"].is_string(), "{:?}", got.body);
+
     // The sweeper leaves the paid MANUAL order alone, however often it runs.
     let mut config = autokey_tests::test_worker_config();
     config.job_retention = Duration::ZERO;

@@ -187,7 +187,8 @@ pub async fn lock_in_sellers_pool(
 }
 
 /// The encryption key ids stored keys are sealed with (a loose scan of
-/// keys_enc_key_id_idx: one index probe per distinct id, whatever the number of keys).
+/// keys_enc_key_id_idx: one index probe per distinct id, whatever the number of keys),
+/// MANUAL orders' keys included.
 pub async fn encryption_key_ids(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         "WITH RECURSIVE ids AS (
@@ -196,7 +197,10 @@ pub async fn encryption_key_ids(conn: &mut PgConnection) -> Result<Vec<String>, 
              SELECT (SELECT k.enc_key_id FROM keys k WHERE k.enc_key_id > ids.enc_key_id
                      ORDER BY k.enc_key_id LIMIT 1)
              FROM ids WHERE ids.enc_key_id IS NOT NULL)
-         SELECT enc_key_id FROM ids WHERE enc_key_id IS NOT NULL",
+         SELECT enc_key_id FROM ids WHERE enc_key_id IS NOT NULL
+         UNION
+         -- MANUAL orders' keys, sealed the same way (few: one scan at start-up).
+         SELECT DISTINCT enc_key_id FROM manual_keys",
     )
     .fetch_all(conn)
     .await
