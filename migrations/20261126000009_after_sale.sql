@@ -4,6 +4,8 @@
 -- placed on the offer (under the offer's row lock): one index range per offer.
 CREATE INDEX orders_open_by_offer_idx ON orders (offer_id)
     WHERE status IN ('PENDING', 'PAID');
+-- A seller's orders, newest first: one index range per offer of the seller, merged.
+CREATE INDEX orders_offer_created_idx ON orders (offer_id, created_at DESC, id DESC);
 
 -- Keys a seller delivers by hand to a MANUAL order. Sealed like pool keys, bound to the
 -- key's id and its order's id (a MANUAL key has no pool); deduplicated among themselves by

@@ -379,13 +379,14 @@ pub async fn waiting_counts(conn: &mut PgConnection) -> Result<(i64, i64), sqlx:
     .await
 }
 
-pub const PAGE_FOR_SELLER: &str = concat!(
-    "SELECT ",
-    order_columns!(),
-    " FROM orders o WHERE EXISTS (SELECT 1 FROM offers f WHERE f.id = o.offer_id AND f.seller_id = $1)
-       AND ($2::text IS NULL OR status = $2) AND (created_at, id) < ($3, $4)
-     ORDER BY created_at DESC, id DESC LIMIT $5"
-);
+pub const PAGE_FOR_SELLER: &str =
+    "SELECT o.id, o.buyer_id, o.storefront_id, o.offer_id, o.pool_id, o.quantity,
+            o.amount_cents, o.currency, o.status, o.created_at, o.paid_at, o.fulfilled_at,
+            o.canceled_at, o.refunded_at
+     FROM offers f JOIN orders o ON o.offer_id = f.id
+     WHERE f.seller_id = $1 AND ($2::text IS NULL OR o.status = $2)
+       AND (o.created_at, o.id) < ($3, $4)
+     ORDER BY o.created_at DESC, o.id DESC LIMIT $5";
 
 /// Up to `fetch` orders of the seller's offers before `after`, newest first (a seller
 /// lists the MANUAL orders waiting for it). Never their keys.
