@@ -70,6 +70,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::offers::router())
         .merge(routes::console::router())
         .merge(routes::orders::router())
+        .merge(routes::seller_orders::router())
+        .merge(routes::key_reports::router())
         .merge(routes::payments::router())
         .merge(routes::metrics::router())
         .merge(routes::events::router())

@@ -119,6 +119,18 @@ text_enum! {
 }
 
 text_enum! {
+    /// A key report: open -> approved (the key INVALID, a replacement delivered or
+    /// waiting for stock) or rejected.
+    #[derive(Serialize, Deserialize, ToSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub enum ReportStatus {
+        Open = "open",
+        Approved = "approved",
+        Rejected = "rejected",
+    }
+}
+
+text_enum! {
     #[derive(Serialize, Deserialize, ToSchema)]
     #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
     pub enum DeliveryType {

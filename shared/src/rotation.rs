@@ -1,5 +1,5 @@
-//! Encryption key rotation: moves every sealed key (and every webhook endpoint's signing
-//! secret) from retired encryption keys to the current one.
+//! Encryption key rotation: moves every sealed key (pool keys, keys sellers delivered by
+//! hand, every webhook endpoint's signing secret) from retired encryption keys to the current one.
 //!
 //! Work goes in small batches, each its own transaction, so a crash or a kill loses at
 //! most one uncommitted batch and a rerun picks up what is left (a key moved is no longer
@@ -44,7 +44,8 @@ impl Progress {
     }
 }
 
-/// Every encryption key id something stored is sealed with.
+/// Every encryption key id something stored is sealed with (pool keys, keys delivered
+/// by hand, webhook secrets).
 pub async fn sealing_key_ids(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
     let mut ids = keys::encryption_key_ids(&mut *conn).await?;
     let secrets: Vec<String> =
@@ -69,6 +70,7 @@ pub async fn progress(conn: &mut PgConnection, current: &str) -> Result<Progress
         }
         let n: i64 = sqlx::query_scalar(
             "SELECT (SELECT count(*) FROM keys WHERE enc_key_id = $1)
+                  + (SELECT count(*) FROM manual_keys WHERE enc_key_id = $1)
                   + (SELECT count(*) FROM webhook_endpoints WHERE secret_key_id = $1)",
         )
         .bind(&id)
@@ -135,6 +137,56 @@ pub async fn reencrypt_keys_batch(
     for pool_id in pools_with_available {
         queue::enqueue(&mut tx, &ReplenishPool { pool_id }).await?;
     }
+    tx.commit().await?;
+    Ok(moved)
+}
+
+pub const LOCK_MANUAL_BATCH: &str = "SELECT id, order_id, ciphertext, nonce
+     FROM manual_keys WHERE enc_key_id = $1 LIMIT $2 FOR UPDATE";
+
+pub const REWRITE_MANUAL: &str = "UPDATE manual_keys k SET ciphertext = u.ciphertext,
+         nonce = u.nonce, enc_key_id = $1
+     FROM (SELECT * FROM unnest($2::uuid[], $3::bytea[], $4::bytea[])
+           AS t(id, ciphertext, nonce)) u
+     WHERE k.id = u.id AND k.enc_key_id = $5";
+
+/// Re-seals up to `limit` keys a seller delivered by hand (MANUAL orders; sealed to
+/// their order instead of a pool) under `retired`. Returns how many moved.
+pub async fn reencrypt_manual_batch(
+    pool: &PgPool,
+    vault: &Vault,
+    retired: &str,
+    limit: i64,
+) -> Result<u64, CoreError> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(Uuid, Uuid, Vec<u8>, Vec<u8>)> = sqlx::query_as(LOCK_MANUAL_BATCH)
+        .bind(retired)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let (mut ids, mut cts, mut nonces) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, order_id, ciphertext, nonce) in rows {
+        let key = keys::SealedKey::from_parts(id, order_id, ciphertext, nonce, retired.into())?;
+        let plaintext = vault
+            .open(id, order_id, &key.sealed)
+            .map_err(|e| CoreError::invariant(format!("manual key {id} cannot be opened: {e}")))?;
+        let resealed = vault.seal(id, order_id, &plaintext);
+        ids.push(id);
+        cts.push(resealed.ciphertext);
+        nonces.push(resealed.nonce.to_vec());
+    }
+    let moved = sqlx::query(REWRITE_MANUAL)
+        .bind(vault.current_key_id())
+        .bind(&ids)
+        .bind(&cts)
+        .bind(&nonces)
+        .bind(retired)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
     tx.commit().await?;
     Ok(moved)
 }
@@ -207,6 +259,14 @@ pub async fn reencrypt_all(
         let secrets = reencrypt_secrets(pool, vault, retired).await?;
         total += secrets;
         on_batch(secrets);
+        loop {
+            let moved = reencrypt_manual_batch(pool, vault, retired, batch).await?;
+            if moved == 0 {
+                break;
+            }
+            total += moved;
+            on_batch(moved);
+        }
         loop {
             let moved = reencrypt_keys_batch(pool, vault, retired, batch).await?;
             if moved == 0 {

@@ -37,10 +37,13 @@ fn access(operation_id: &str) -> Access {
         "getMe" | "getOffer" => Access::AnyToken,
         "getMetrics" => Access::Roles(ADMIN),
         "createPool" | "listPools" | "getPool" | "uploadKeys" | "listKeys" | "invalidateKey"
-        | "saveDraft" | "publishOffer" | "setOfferStatus" | "listSellerOffers" => {
+        | "saveDraft" | "publishOffer" | "setOfferStatus" | "listSellerOffers"
+        | "listSellerOrders" | "deliverManualOrder" | "listKeyReports" | "approveKeyReport"
+        | "rejectKeyReport" => {
             Access::Roles(SELLER)
         }
-        "createOrder" | "listOrders" | "getOrder" | "payOrder" | "cancelOrder" | "fulfillOrder" => {
+        "createOrder" | "listOrders" | "getOrder" | "payOrder" | "cancelOrder" | "fulfillOrder"
+        | "reportKey" => {
             Access::Roles(BUYER_SIDE)
         }
         "createWebhookEndpoint"
@@ -316,6 +319,9 @@ fn request(op: &Op, who: &Who, target: Target, world: &World) -> (String, Option
         "createWebhookEndpoint" => {
             json!({"url": "http://127.0.0.1:9/other", "eventTypes": ["order.fulfilled"]})
         }
+        "deliverManualOrder" => json!({"keys": [format!("MATRIX-MANUAL-{}", Uuid::new_v4())]}),
+        "reportKey" => json!({"reason": "does not work"}),
+        "rejectKeyReport" => json!({}),
         "paymentWebhook" => {
             json!({"type": "payment.succeeded", "data": {"orderId": world.buyer_order,
             "paymentId": "p", "amountCents": 500, "currency": "EUR"}})

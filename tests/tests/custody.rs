@@ -510,3 +510,40 @@ async fn admins_see_every_seller_and_manage_keys_tokens_and_dead_jobs() {
     }
     worker.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn keys_delivered_by_hand_follow_the_rotation_too() {
+    let (m1, m2, fp) = (material(), material(), material());
+    let v1 = vault(("k1", m1), &[], fp);
+    let app = spawn_app_sealing_with(AppOptions::default(), v1).await;
+    let (seller, _) = app.token(Role::Seller, None).await;
+    let draft = app
+        .post(
+            "/offers/draft",
+            &seller,
+            json!({"title": "Boxed", "priceCents": 999, "currency": "EUR",
+                   "deliveryType": "MANUAL", "stockCount": 3}),
+        )
+        .await;
+    let offer = draft.body["id"].clone();
+    app.post("/offers/publish", &seller, json!({"offerId": offer}))
+        .await;
+    let (store, _) = app.token(Role::Storefront, None).await;
+    let order = order_and_pay(&app, &store, &offer, 1).await[0];
+    let delivered = app
+        .post(
+            &format!("/seller/orders/{order}/deliver"),
+            &seller,
+            json!({"keys": ["BY-HAND-ROTATED-1"]}),
+        )
+        .await;
+    assert_eq!(delivered.body["status"], "FULFILLED", "{:?}", delivered.body);
+    let v2 = vault(("k2", m2), &[("k1", m1)], fp);
+    let moved = rotation::reencrypt_all(&app.pool, &v2, 10, |_| {}).await.unwrap();
+    assert_eq!(moved, 1);
+    let mut conn = app.pool.acquire().await.unwrap();
+    assert_eq!(rotation::progress(&mut conn, "k2").await.unwrap().remaining(), 0);
+    let only_k2 = app.another_api_sealing_with(vault(("k2", m2), &[], fp)).await;
+    let read = only_k2.get(&format!("/orders/{order}"), &store).await;
+    assert_eq!(read.body["keys"][0]["key"], "BY-HAND-ROTATED-1", "{:?}", read.body);
+}

@@ -6,7 +6,10 @@ use std::time::Duration;
 use autokey_shared::{
     db,
     jobs::JobError,
-    transitions::delivery::{self, Outcome, Take},
+    transitions::{
+        delivery::{self, Outcome, Take},
+        replacement,
+    },
 };
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -29,6 +32,16 @@ pub async fn replenish_pool(
     lock_timeout: Duration,
 ) -> Result<Replenished, JobError> {
     let mut done = Replenished::default();
+    // Approved key reports first: their orders were paid long ago and wait for one key.
+    loop {
+        let mut tx = db::begin_with_lock_timeout(pool, lock_timeout).await?;
+        delivery::lock_replenishment(&mut tx, pool_id).await?;
+        let (served, waiting) = replacement::serve_waiting(&mut tx, pool_id, BATCH).await?;
+        tx.commit().await?;
+        if served < BATCH as usize || served < waiting {
+            break;
+        }
+    }
     while done.fulfilled < MAX_ORDERS_PER_RUN {
         let mut tx = db::begin_with_lock_timeout(pool, lock_timeout).await?;
         // One replenisher per pool at a time, so backorders are served strictly in order.

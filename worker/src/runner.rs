@@ -251,6 +251,19 @@ async fn handle_reencrypt(
             }
             moved += autokey_shared::rotation::reencrypt_secrets(&ctx.pool, &vault, retired).await?;
             while started.elapsed() < REENCRYPT_SLICE {
+                let n = autokey_shared::rotation::reencrypt_manual_batch(
+                    &ctx.pool,
+                    &vault,
+                    retired,
+                    autokey_shared::rotation::BATCH,
+                )
+                .await?;
+                moved += n;
+                if n == 0 {
+                    break;
+                }
+            }
+            while started.elapsed() < REENCRYPT_SLICE {
                 let n = autokey_shared::rotation::reencrypt_keys_batch(
                     &ctx.pool,
                     &vault,

@@ -5,20 +5,27 @@
 pub mod idempotency;
 pub mod view;
 
-use autokey_shared::{store::keys::SealedKey, vault::Vault};
+use autokey_shared::{store::orders::ShownKey, vault::Vault};
 
 use crate::error::ApiError;
 use view::DeliveredKey;
 
 /// Decrypts an order's delivered keys (each bound to its row by the vault).
-pub fn open_keys(vault: &Vault, sealed: Vec<SealedKey>) -> Result<Vec<DeliveredKey>, ApiError> {
-    sealed
+pub fn open_keys(vault: &Vault, shown: Vec<ShownKey>) -> Result<Vec<DeliveredKey>, ApiError> {
+    shown
         .into_iter()
-        .map(|k| {
+        .map(|s| {
+            let k = &s.sealed;
             let key = vault.open(k.id, k.pool_id, &k.sealed).map_err(|e| {
                 ApiError::Internal(format!("key {} cannot be decrypted: {e}", k.id).into())
             })?;
-            Ok(DeliveredKey { id: k.id, key })
+            Ok(DeliveredKey {
+                id: k.id,
+                key,
+                revealed_at: s.revealed_at,
+                replaced_by: s.replaced_by,
+                replaces: s.replaces,
+            })
         })
         .collect()
 }

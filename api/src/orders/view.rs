@@ -25,15 +25,30 @@ pub struct Order {
     pub fulfilled_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canceled_at: Option<DateTime<Utc>>,
+    /// When a FULFILLED order was refunded (it stays FULFILLED; keys it had never revealed
+    /// went back to the pool and are no longer shown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refunded_at: Option<DateTime<Utc>>,
     /// Plaintext keys: only when FULFILLED, only to the buyer or a storefront.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keys: Option<Vec<DeliveredKey>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct DeliveredKey {
     pub id: Uuid,
     pub key: String,
+    /// The first time this key's plaintext left autokey (this read, when it is the
+    /// first). A refund returns a key never revealed to the pool; a revealed one becomes
+    /// INVALID.
+    pub revealed_at: DateTime<Utc>,
+    /// This key was reported and replaced (it is INVALID now) by this key of the order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<Uuid>,
+    /// This key replaced that one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<Uuid>,
 }
 
 impl Order {
@@ -51,6 +66,7 @@ impl Order {
             paid_at: row.paid_at,
             fulfilled_at: row.fulfilled_at,
             canceled_at: row.canceled_at,
+            refunded_at: row.refunded_at,
             keys,
         }
     }

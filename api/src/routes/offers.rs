@@ -41,9 +41,11 @@ pub enum Availability {
     OutOfStock,
 }
 
-/// An offer. `autoKeyAvailableCount`: for AUTO_KEY, the pool's keys that can still be
-/// sold (AVAILABLE keys minus units paid for and not yet delivered, never below 0); for
-/// MANUAL, `stockCount` (0 when unset). `availability` is `in_stock` when it is > 0.
+/// An offer. `sellableCount`: units that can still be sold. For AUTO_KEY, the pool's keys
+/// (AVAILABLE keys minus units paid for and not yet delivered, never below 0); for
+/// MANUAL, `stockCount` minus the units of its open (PENDING or PAID) orders, never below
+/// 0 (`stockCount` drops as the seller delivers). `autoKeyAvailableCount` is the same
+/// number. `availability` is `in_stock` when it is > 0.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Offer {
@@ -59,16 +61,15 @@ pub struct Offer {
     status: OfferStatus,
     availability: Availability,
     auto_key_available_count: i64,
+    sellable_count: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
 
-/// The offer as shown, given its pool's sellable count (AUTO_KEY offers).
-fn view(row: OfferRow, pool_sellable: Option<i64>) -> Offer {
-    let count = match row.delivery_type {
-        DeliveryType::AutoKey => pool_sellable.unwrap_or(0),
-        DeliveryType::Manual => i64::from(row.stock_count.unwrap_or(0)),
-    };
+/// The offer as shown, given its sellable count (the pool's for AUTO_KEY offers, the
+/// stock's for MANUAL ones; None: 0).
+fn view(row: OfferRow, sellable: Option<i64>) -> Offer {
+    let count = sellable.unwrap_or(0);
     Offer {
         id: row.id,
         seller_id: row.seller_id,
@@ -80,6 +81,7 @@ fn view(row: OfferRow, pool_sellable: Option<i64>) -> Offer {
             Availability::OutOfStock
         },
         auto_key_available_count: count,
+        sellable_count: count,
         title: row.title,
         price_cents: row.price_cents,
         currency: row.currency,
@@ -96,6 +98,10 @@ async fn present(conn: &mut PgConnection, row: OfferRow) -> Result<Offer, ApiErr
         (DeliveryType::AutoKey, Some(pool_id)) => {
             Some(store::pools::sellable(conn, pool_id).await?)
         }
+        (DeliveryType::Manual, _) => store::offers::manual_sellable_many(conn, &[row.id])
+            .await?
+            .get(&row.id)
+            .copied(),
         _ => None,
     };
     Ok(view(row, sellable))
@@ -375,10 +381,19 @@ async fn seller_offers(
         .filter_map(|r| r.key_pool_id)
         .collect();
     let sellable = store::pools::sellable_many(&mut conn, &pools).await?;
+    let manual: Vec<Uuid> = rows
+        .iter()
+        .filter(|r| r.delivery_type == DeliveryType::Manual)
+        .map(|r| r.id)
+        .collect();
+    let manual = store::offers::manual_sellable_many(&mut conn, &manual).await?;
     let items = rows
         .into_iter()
         .map(|r| {
-            let count = r.key_pool_id.and_then(|p| sellable.get(&p).copied());
+            let count = match r.delivery_type {
+                DeliveryType::AutoKey => r.key_pool_id.and_then(|p| sellable.get(&p).copied()),
+                DeliveryType::Manual => manual.get(&r.id).copied(),
+            };
             view(r, count)
         })
         .collect();

@@ -3,7 +3,7 @@
 
 use autokey_shared::{
     jobs::{FulfillOrder, queue},
-    model::{OfferStatus, OrderStatus},
+    model::{DeliveryType, OfferStatus, OrderStatus},
     store::{
         self,
         orders::{NewOrder, OrderRow},
@@ -88,8 +88,9 @@ async fn create_order(
     let scope = idempotency::scope(&auth);
     let hash = idempotency::request_hash(body.offer_id, quantity, buyer_id);
 
-    // Without an Idempotency-Key there is one write: no transaction (the stock check is
-    // advisory either way; a paid order beyond stock waits as a backorder).
+    // Without an Idempotency-Key there is one write: no transaction (an AUTO_KEY offer's
+    // stock check is advisory either way, a paid order beyond stock waits as a backorder;
+    // a MANUAL offer's check takes its own transaction in `place`).
     let Some(key) = key else {
         let mut conn = state.pool.acquire().await?;
         let order = place(&mut conn, side, buyer_id, body.offer_id, quantity).await?;
@@ -113,7 +114,10 @@ async fn create_order(
     Ok((StatusCode::CREATED, Json(Order::from_row(order, None))))
 }
 
-/// Checks the offer and its stock, then inserts the PENDING order.
+/// Checks the offer and its stock, then inserts the PENDING order. A MANUAL offer's
+/// stock is the seller's word and nothing waits for it, so its check is exact: orders of
+/// one MANUAL offer are placed one at a time under the offer's row lock, each counting
+/// the units of the open orders before it.
 async fn place(
     conn: &mut sqlx::PgConnection,
     side: BuyerSide,
@@ -125,6 +129,29 @@ async fn place(
         .await?
         .filter(|o| o.status == OfferStatus::Active)
         .ok_or(ApiError::OfferUnavailable)?;
+    if offer.delivery_type == DeliveryType::Manual {
+        // A savepoint when the caller already is in a transaction; the lock is held to
+        // its commit either way.
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        store::offers::lock_for_order(&mut tx, offer_id).await?;
+        let offer = store::offers::for_order(&mut tx, offer_id)
+            .await?
+            .filter(|o| o.status == OfferStatus::Active)
+            .ok_or(ApiError::OfferUnavailable)?;
+        let order = insert_checked(&mut tx, side, buyer_id, offer, quantity).await?;
+        tx.commit().await?;
+        return Ok(order);
+    }
+    insert_checked(conn, side, buyer_id, offer, quantity).await
+}
+
+async fn insert_checked(
+    conn: &mut sqlx::PgConnection,
+    side: BuyerSide,
+    buyer_id: Uuid,
+    offer: store::offers::OfferForOrder,
+    quantity: i32,
+) -> ApiResult<OrderRow> {
     if offer.sellable < i64::from(quantity) {
         return Err(ApiError::OutOfStock);
     }

@@ -81,7 +81,7 @@ async fn pay_order(
 #[schema(example = json!({"type": "payment.succeeded", "data": {"orderId": "0193a5e4-7b1c-7d2e-9f00-1a2b3c4d5e71",
     "paymentId": "pay_8c1d", "amountCents": 1999, "currency": "EUR"}}))]
 pub struct PaymentEvent {
-    /// `payment.succeeded`; other types are recorded and ignored.
+    /// `payment.succeeded` or `payment.refunded`; other types are recorded and ignored.
     #[serde(rename = "type")]
     #[schema(max_length = 100)]
     kind: String,
@@ -102,7 +102,8 @@ pub struct PaymentData {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookAck {
-    /// applied | duplicate | ignored | amount_mismatch | unknown_order | order_canceled | already_paid
+    /// applied | duplicate | ignored | amount_mismatch | unknown_order | order_canceled |
+    /// already_paid; for a refund: refunded | already_refunded | not_paid
     outcome: &'static str,
 }
 
@@ -220,6 +221,9 @@ async fn apply_payment(
     tx: &mut sqlx::PgConnection,
     event: &PaymentEvent,
 ) -> Result<&'static str, ApiError> {
+    if event.kind == "payment.refunded" {
+        return apply_refund(tx, event).await;
+    }
     if event.kind != "payment.succeeded" {
         return Ok("ignored");
     }
@@ -238,5 +242,36 @@ async fn apply_payment(
         }
         OrderStatus::Canceled => "order_canceled",
         OrderStatus::Paid | OrderStatus::Fulfilled => "already_paid",
+    })
+}
+
+/// A refund: a PAID order not yet delivered is canceled (its reserved keys go back to the
+/// pool); a FULFILLED one stays FULFILLED with `refundedAt`, its never-revealed keys back
+/// to AVAILABLE and its revealed ones INVALID (`refunded`). The order row is locked first,
+/// so a refund and the worker's delivery of the same order take turns.
+async fn apply_refund(
+    tx: &mut sqlx::PgConnection,
+    event: &PaymentEvent,
+) -> Result<&'static str, ApiError> {
+    let Some(order) = store::orders::lock(tx, event.data.order_id).await? else {
+        return Ok("unknown_order");
+    };
+    if order.amount_cents != event.data.amount_cents
+        || !order.currency.eq_ignore_ascii_case(&event.data.currency)
+    {
+        return Ok("amount_mismatch");
+    }
+    Ok(match order.status {
+        OrderStatus::Paid => {
+            transitions::cancel(tx, &order).await?;
+            "refunded"
+        }
+        OrderStatus::Fulfilled if order.refunded_at.is_none() => {
+            transitions::refund::refund_fulfilled(tx, order.id).await?;
+            "refunded"
+        }
+        OrderStatus::Fulfilled => "already_refunded",
+        OrderStatus::Canceled => "order_canceled",
+        OrderStatus::Pending => "not_paid",
     })
 }

@@ -37,6 +37,11 @@ pub struct NewPool {
     #[schema(minimum = 0)]
     #[serde(default, deserialize_with = "int::optional")]
     low_stock_threshold: Option<i32>,
+    /// Reports on this pool's keys approved automatically, up to this many per order
+    /// (default 0: the seller decides each).
+    #[schema(minimum = 0, maximum = 100)]
+    #[serde(default, deserialize_with = "int::optional")]
+    auto_replace_limit: Option<i32>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -79,14 +84,24 @@ async fn create_pool(
     let seller_id = auth.seller()?;
     let name = text::field("name", body.name.as_deref().unwrap_or(""), 200, true)
         .map_err(|e| ApiError::validation(e.to_string()))?;
-    let mut conn = state.pool.acquire().await?;
+    let auto_replace = body.auto_replace_limit.unwrap_or(0);
+    if !(0..=100).contains(&auto_replace) {
+        return Err(ApiError::validation(
+            "autoReplaceLimit must be between 0 and 100",
+        ));
+    }
+    let mut tx = state.pool.begin().await?;
     let threshold = body.low_stock_threshold.unwrap_or(0);
-    let pool = store::pools::create(&mut conn, seller_id, &name, threshold)
+    let mut pool = store::pools::create(&mut tx, seller_id, &name, threshold)
         .await
         .map_constraint(|c| {
             (c == "key_pools_threshold_check")
                 .then(|| ApiError::validation("lowStockThreshold must be 0 or more"))
         })?;
+    if auto_replace > 0 {
+        pool = store::pools::set_auto_replace_limit(&mut tx, pool.id, auto_replace).await?;
+    }
+    tx.commit().await?;
     Ok((StatusCode::CREATED, Json(pool)))
 }
 

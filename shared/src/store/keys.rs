@@ -25,6 +25,11 @@ pub struct KeyMeta {
     pub delivered_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub invalidated_at: Option<DateTime<Utc>>,
+    /// Why an INVALID key is: `refunded` when a refund took it back after its buyer had
+    /// seen it (a never-revealed one went back to AVAILABLE instead); absent when its
+    /// seller withdrew it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalid_reason: Option<String>,
     /// The order the key is reserved for or was delivered to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub order_id: Option<Uuid>,
@@ -34,7 +39,7 @@ pub struct KeyMeta {
 #[doc(hidden)]
 macro_rules! key_meta_columns {
     () => {
-        "id, status, created_at, reserved_at, delivered_at, invalidated_at, order_id"
+        "id, status, created_at, reserved_at, delivered_at, invalidated_at, invalid_reason, order_id"
     };
 }
 
@@ -159,7 +164,7 @@ pub async fn page(
 
 pub const LOCK_IN_SELLERS_POOL: &str =
     "SELECT k.id, k.status, k.created_at, k.reserved_at, k.delivered_at, k.invalidated_at,
-            k.order_id
+            k.invalid_reason, k.order_id
      FROM keys k
      WHERE k.id = $1 AND k.pool_id = $2
        AND EXISTS (SELECT 1 FROM key_pools p WHERE p.id = $2 AND p.seller_id = $3)
@@ -182,7 +187,8 @@ pub async fn lock_in_sellers_pool(
 }
 
 /// The encryption key ids stored keys are sealed with (a loose scan of
-/// keys_enc_key_id_idx: one index probe per distinct id, whatever the number of keys).
+/// keys_enc_key_id_idx: one index probe per distinct id, whatever the number of keys),
+/// MANUAL orders' keys included.
 pub async fn encryption_key_ids(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         "WITH RECURSIVE ids AS (
@@ -191,7 +197,10 @@ pub async fn encryption_key_ids(conn: &mut PgConnection) -> Result<Vec<String>, 
              SELECT (SELECT k.enc_key_id FROM keys k WHERE k.enc_key_id > ids.enc_key_id
                      ORDER BY k.enc_key_id LIMIT 1)
              FROM ids WHERE ids.enc_key_id IS NOT NULL)
-         SELECT enc_key_id FROM ids WHERE enc_key_id IS NOT NULL",
+         SELECT enc_key_id FROM ids WHERE enc_key_id IS NOT NULL
+         UNION
+         -- MANUAL orders' keys, sealed the same way (few: one scan at start-up).
+         SELECT DISTINCT enc_key_id FROM manual_keys",
     )
     .fetch_all(conn)
     .await
@@ -201,6 +210,7 @@ pub async fn encryption_key_ids(conn: &mut PgConnection) -> Result<Vec<String>, 
 #[derive(Debug, Clone)]
 pub struct SealedKey {
     pub id: Uuid,
+    /// The pool the ciphertext is bound to; for a MANUAL order's key, its order.
     pub pool_id: Uuid,
     pub sealed: Sealed,
 }

@@ -5,6 +5,7 @@ use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 
 use crate::{
+    manual_sellable_o,
     model::{DeliveryType, OfferStatus},
     sellable_of_pool_p,
 };
@@ -163,7 +164,8 @@ pub struct OfferForOrder {
     pub key_pool_id: Option<Uuid>,
     pub status: OfferStatus,
     /// Units that can still be sold: the pool's sellable keys for AUTO_KEY offers (0
-    /// without a pool), the seller's stock count for MANUAL ones.
+    /// without a pool), the seller's stock count minus its open orders' units for MANUAL
+    /// ones.
     pub sellable: i64,
 }
 
@@ -173,9 +175,54 @@ pub const FOR_ORDER: &str = concat!(
                      THEN coalesce((SELECT ",
     sellable_of_pool_p!(),
     " FROM key_pools p WHERE p.id = o.key_pool_id), 0)
-                     ELSE coalesce(o.stock_count, 0)::bigint END AS sellable
+                     ELSE ",
+    manual_sellable_o!(),
+    " END AS sellable
          FROM offers o WHERE o.id = $1"
 );
+
+/// A MANUAL offer `o`'s units that can still be sold: the seller's `stock_count` minus
+/// the units of its open orders (PENDING or PAID: paid and not yet delivered, or placed and
+/// holding their units until paid or canceled), never below 0. Delivery lowers
+/// `stock_count` by the units delivered, so delivered units leave both sides.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! manual_sellable_o {
+    () => {
+        "greatest(0, coalesce(o.stock_count, 0)
+             - coalesce((SELECT sum(x.quantity) FROM orders x
+                         WHERE x.offer_id = o.id AND x.status IN ('PENDING', 'PAID')), 0))::bigint"
+    };
+}
+
+pub const MANUAL_SELLABLE_MANY: &str = concat!(
+    "SELECT o.id, ",
+    manual_sellable_o!(),
+    " FROM offers o WHERE o.id = ANY($1) AND o.delivery_type = 'MANUAL'"
+);
+
+/// [`OfferForOrder::sellable`] of several MANUAL offers in one query; other offers are absent.
+pub async fn manual_sellable_many(
+    conn: &mut PgConnection,
+    offer_ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, i64>, sqlx::Error> {
+    let rows: Vec<(Uuid, i64)> = sqlx::query_as(MANUAL_SELLABLE_MANY)
+        .bind(offer_ids)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Row-locks the offer for the rest of the transaction: MANUAL orders placed on one offer
+/// queue here, so each sees the units the ones before it hold (50 concurrent orders on a
+/// stock of 10 place exactly 10). AUTO_KEY orders never take it.
+pub async fn lock_for_order(conn: &mut PgConnection, offer_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM offers WHERE id = $1 FOR UPDATE")
+        .bind(offer_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(())
+}
 
 /// The offer and how much of it can be sold, in one query (two primary-key lookups).
 pub async fn for_order(

@@ -23,13 +23,15 @@ pub struct Pool {
     pub reserved_keys: i64,
     pub delivered_keys: i64,
     pub invalid_keys: i64,
+    /// Reports on this pool's keys approved automatically, up to this many per order.
+    pub auto_replace_limit: i32,
     pub created_at: DateTime<Utc>,
 }
 
 macro_rules! pool_columns {
     () => {
         "id, seller_id, name, low_stock_threshold, total_keys, available_keys, reserved_keys, \
-         delivered_keys, invalid_keys, created_at"
+         delivered_keys, invalid_keys, auto_replace_limit, created_at"
     };
 }
 
@@ -192,4 +194,29 @@ pub async fn find(conn: &mut PgConnection, pool_id: Uuid) -> Result<Option<Pool>
     .bind(pool_id)
     .fetch_optional(conn)
     .await
+}
+
+/// Sets the pool's automatic replacement limit (the caller checked the pool is its own).
+pub async fn set_auto_replace_limit(
+    conn: &mut PgConnection,
+    pool_id: Uuid,
+    limit: i32,
+) -> Result<Pool, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "UPDATE key_pools SET auto_replace_limit = $2 WHERE id = $1 RETURNING ",
+        pool_columns!()
+    ))
+    .bind(pool_id)
+    .bind(limit)
+    .fetch_one(conn)
+    .await
+}
+
+/// The pool's automatic replacement limit (0 for an unknown pool).
+pub async fn auto_replace_limit(conn: &mut PgConnection, pool_id: Uuid) -> Result<i32, sqlx::Error> {
+    let n: Option<i32> = sqlx::query_scalar("SELECT auto_replace_limit FROM key_pools WHERE id = $1")
+        .bind(pool_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(n.unwrap_or(0))
 }

@@ -9,11 +9,18 @@
 //! | invalidate | AVAILABLE -> INVALID | | [`invalidate`] |
 //! | reserve | AVAILABLE -> RESERVED | PAID, backordered | [`delivery::deliver`] |
 //! | deliver | AVAILABLE/RESERVED -> DELIVERED | PAID -> FULFILLED | [`delivery::deliver`] |
+//! | deliver by hand (MANUAL) | (keys the seller gives) | PAID -> FULFILLED | [`manual::deliver`] |
+//! | approve a key report | DELIVERED -> INVALID (`replaced`) | | [`replacement::approve`] |
+//! | replace | AVAILABLE -> DELIVERED (to the same order) | | [`replacement::serve_waiting`] |
+//! | refund a delivery | DELIVERED -> AVAILABLE (never revealed) or INVALID (`refunded`) | FULFILLED (+ `refunded_at`) | [`refund::refund_fulfilled`] |
 //!
 //! Every function runs on the caller's transaction, on rows the caller has locked where
 //! it says so; the caller commits.
 
 pub mod delivery;
+pub mod manual;
+pub mod refund;
+pub mod replacement;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;

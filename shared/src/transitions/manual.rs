@@ -1,0 +1,83 @@
+//! A MANUAL order delivered by its seller: the keys the seller typed, sealed, stored for
+//! the order, and the order PAID -> FULFILLED, in one statement. The offer's
+//! `stock_count` drops by the units delivered (they leave the seller's stock as they leave
+//! the open orders, so the offer's sellable count is unchanged by a delivery).
+
+use sqlx::PgConnection;
+
+use crate::{
+    error::CoreError,
+    model::ORDER_FULFILLED_CHANNEL,
+    store::{keys::NewKey, orders::OrderRow},
+};
+
+pub const DELIVER_MANUAL: &str = concat!(
+    "WITH m AS (INSERT INTO manual_keys (id, order_id, ciphertext, nonce, enc_key_id, fingerprint)
+         SELECT r.id, $6, r.ciphertext, r.nonce, r.enc_key_id, r.fingerprint
+         FROM unnest($1::uuid[], $2::bytea[], $3::bytea[], $4::text[], $5::bytea[])
+              AS r (id, ciphertext, nonce, enc_key_id, fingerprint)
+         ORDER BY r.fingerprint
+         RETURNING 1),
+     f AS (UPDATE orders o SET status = 'FULFILLED', fulfilled_at = now()
+           WHERE o.id = $6 AND o.status = 'PAID' AND o.pool_id IS NULL
+           RETURNING o.*, order_json(o) AS data),
+     s AS (UPDATE offers SET stock_count = greatest(0, stock_count - $7)
+           WHERE id = (SELECT offer_id FROM f) AND stock_count IS NOT NULL RETURNING 1),
+     e AS (",
+    crate::order_events!("order.fulfilled", "f"),
+    ")
+     SELECT ",
+    crate::order_columns!(),
+    ", (SELECT count(*) FROM m) AS keys_written,
+        (SELECT count(*) FROM (SELECT pg_notify($8, id::text) FROM f) n) AS notified
+     FROM f"
+);
+
+/// PAID -> FULFILLED for a MANUAL order the caller has locked and checked (PAID, no pool),
+/// with `keys` (sealed for their row id and this order's id, exactly `quantity` of them).
+/// A key whose fingerprint another MANUAL delivery stored violates
+/// `manual_keys_fingerprint_unique` (the caller maps it). Returns the order as it now is.
+pub async fn deliver(
+    conn: &mut PgConnection,
+    order: &OrderRow,
+    keys: &[NewKey],
+) -> Result<OrderRow, CoreError> {
+    if keys.len() != order.quantity as usize {
+        return Err(CoreError::invariant(format!(
+            "order {} of quantity {} was given {} keys",
+            order.id,
+            order.quantity,
+            keys.len()
+        )));
+    }
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        order: OrderRow,
+        keys_written: i64,
+    }
+    let row: Option<Row> = sqlx::query_as(DELIVER_MANUAL)
+        .bind(keys.iter().map(|k| k.id).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| &k.sealed.ciphertext[..]).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| &k.sealed.nonce[..]).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.sealed.enc_key_id.as_str()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| &k.fingerprint[..]).collect::<Vec<_>>())
+        .bind(order.id)
+        .bind(order.quantity)
+        .bind(ORDER_FULFILLED_CHANNEL)
+        .fetch_optional(conn)
+        .await?;
+    match row {
+        Some(r) if r.keys_written == keys.len() as i64 => Ok(r.order),
+        Some(r) => Err(CoreError::invariant(format!(
+            "a manual delivery of {} keys to order {} wrote {}",
+            keys.len(),
+            order.id,
+            r.keys_written
+        ))),
+        None => Err(CoreError::invariant(format!(
+            "order {} was not a PAID MANUAL order when delivered",
+            order.id
+        ))),
+    }
+}

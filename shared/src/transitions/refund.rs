@@ -1,0 +1,76 @@
+//! A refund of a FULFILLED order: the order stays FULFILLED with `refunded_at`, and each
+//! of its delivered pool keys comes back. A key whose plaintext never left autokey
+//! (`revealed_at` null) returns to AVAILABLE and can be sold again; one that was revealed
+//! may be in use by the refunded buyer, so it becomes INVALID with reason `refunded`
+//! (and its `key.invalidated` event). The deliveries stay as the order's history, marked
+//! `returned_at`, which frees the key for another delivery (`order_deliveries_key_unique`
+//! holds over deliveries not returned). A refund of a PAID order is a cancel
+//! ([`super::cancel`]).
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::{
+    error::CoreError,
+    jobs::{ReplenishPool, queue},
+};
+
+pub const REFUND_FULFILLED: &str =
+    "WITH o AS (UPDATE orders SET refunded_at = now()
+           WHERE id = $1 AND status = 'FULFILLED' AND refunded_at IS NULL RETURNING id),
+     d AS (UPDATE order_deliveries d SET returned_at = now()
+           FROM o, keys dk
+           WHERE d.order_id = o.id AND d.returned_at IS NULL
+             AND dk.id = d.key_id AND dk.status = 'DELIVERED' AND dk.order_id = o.id
+           RETURNING d.key_id, d.revealed_at),
+     back AS (UPDATE keys k SET status = 'AVAILABLE', order_id = NULL, delivered_at = NULL,
+                     reserved_at = NULL
+              FROM d WHERE k.id = d.key_id AND d.revealed_at IS NULL AND k.status = 'DELIVERED'
+              RETURNING k.pool_id),
+     inv AS (UPDATE keys k SET status = 'INVALID', order_id = NULL, delivered_at = NULL,
+                    reserved_at = NULL, invalidated_at = now(), invalid_reason = 'refunded'
+             FROM d WHERE k.id = d.key_id AND d.revealed_at IS NOT NULL AND k.status = 'DELIVERED'
+             RETURNING k.id, k.pool_id, k.invalidated_at),
+     e AS (INSERT INTO events (id, type, seller_id, pool_id, data)
+           SELECT gen_random_uuid(), 'key.invalidated', p.seller_id, inv.pool_id,
+                  jsonb_build_object('keyId', inv.id, 'poolId', inv.pool_id,
+                                     'invalidatedAt', inv.invalidated_at, 'reason', 'refunded')
+           FROM inv JOIN key_pools p ON p.id = inv.pool_id)
+     SELECT (SELECT count(*) FROM o), (SELECT count(*) FROM d), (SELECT count(*) FROM back),
+            (SELECT count(*) FROM inv), (SELECT min(pool_id::text) FROM back)::uuid";
+
+/// What a refund of a FULFILLED order did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refunded {
+    /// Keys back to AVAILABLE (never revealed).
+    pub returned: i64,
+    /// Keys INVALID, reason `refunded` (revealed).
+    pub invalidated: i64,
+}
+
+/// FULFILLED -> FULFILLED with `refunded_at`, for an order the caller has locked and
+/// checked (FULFILLED, not refunded yet). Keys back to AVAILABLE give their pool a
+/// replenishment (they may complete waiting orders).
+pub async fn refund_fulfilled(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Refunded, CoreError> {
+    let (orders, deliveries, returned, invalidated, pool): (i64, i64, i64, i64, Option<Uuid>) =
+        sqlx::query_as(REFUND_FULFILLED)
+            .bind(order_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    if orders != 1 || deliveries != returned + invalidated {
+        return Err(CoreError::invariant(format!(
+            "a refund of order {order_id} touched {orders} orders, {deliveries} deliveries, \
+             {returned} returned and {invalidated} invalidated keys"
+        )));
+    }
+    if let Some(pool_id) = pool {
+        queue::enqueue(conn, &ReplenishPool { pool_id }).await?;
+    }
+    Ok(Refunded {
+        returned,
+        invalidated,
+    })
+}
