@@ -282,6 +282,7 @@ impl Target {
             queue::enqueue(&mut tx, &job).await?;
         }
         tx.commit().await?;
+        autokey_shared::metrics::keys_uploaded(stored.len() as u64);
         let lost = lost
             .iter()
             .map(|(k, line)| {

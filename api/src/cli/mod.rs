@@ -1,5 +1,7 @@
-//! The `autokey-api` command line (OPERATIONS.md): serve, migrate, token, keygen.
+//! The `autokey-api` command line (OPERATIONS.md): serve, migrate, token, keygen, and the
+//! seller's `keys upload` and `pools` over the HTTP API.
 
+mod seller;
 mod serve;
 mod token;
 
@@ -29,6 +31,8 @@ Secrets and the database come from the environment only (a .env file in the work
   PAYMENT_WEBHOOK_SECRET   whsec_<base64>: Standard Webhooks signing secret\n\
   METRICS_TOKEN            bearer token Prometheus presents to GET /metrics (admin tokens work too)\n\
   RUST_LOG, LOG_FORMAT     log filter; LOG_FORMAT=json for JSON lines\n\n\
+The seller commands (keys upload, pools) use the HTTP API only: AUTOKEY_URL (default\n\
+http://localhost:4000) and AUTOKEY_TOKEN (a seller token), or --url and --token.\n\n\
 Every other setting of `serve` (SIMULATED_PAYMENTS, PORT, rate limits, timeouts...) is listed with its\n\
 environment variable and default by `autokey-api serve --help`."
 )]
@@ -54,6 +58,17 @@ pub enum Command {
     /// Print the OpenAPI document served at /api/openapi.json (committed as
     /// docs/openapi.json: `autokey-api openapi > docs/openapi.json`).
     Openapi,
+    /// Seller commands on keys, over the HTTP API (AUTOKEY_URL, AUTOKEY_TOKEN).
+    Keys {
+        #[command(subcommand)]
+        action: seller::KeysAction,
+    },
+    /// Print the caller's key pools and their counts as a table, over the HTTP API
+    /// (AUTOKEY_URL, AUTOKEY_TOKEN).
+    Pools {
+        #[command(flatten)]
+        remote: seller::Remote,
+    },
 }
 
 /// Runs the CLI; returns the process exit code. (`.env` was read before parsing.)
@@ -69,6 +84,10 @@ pub async fn run(cli: Cli) -> i32 {
         }
         Some(Command::Migrate) => exit_code(migrate().await),
         Some(Command::Token { action }) => exit_code(token::run(action).await),
+        Some(Command::Keys {
+            action: seller::KeysAction::Upload { pool, file, remote },
+        }) => exit_code(seller::upload(pool, file, remote).await),
+        Some(Command::Pools { remote }) => exit_code(seller::pools(remote).await),
         Some(Command::Serve(args)) => exit_code(serve(*args).await),
         None => exit_code(serve(config::args_from_env::<ServeArgs>("serve")).await),
     }
