@@ -42,8 +42,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 /// Pay -> FULFILLED buckets (seconds): 5 ms to an hour (backorders wait for uploads).
 const FULFILLMENT_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
-    3600.0,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -75,23 +74,59 @@ pub fn handle() -> &'static PrometheusHandle {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(HTTP_REQUESTS, "HTTP requests served, by method, route template and status.");
-    describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request latency by method and route template.");
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests served, by method, route template and status."
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "HTTP request latency by method and route template."
+    );
     describe_counter!(ORDERS_CREATED, "Orders created.");
     describe_counter!(ORDERS_PAID, "Orders moved to PAID.");
     describe_counter!(ORDERS_FULFILLED, "Orders moved to FULFILLED.");
-    describe_counter!(ORDERS_BACKORDERED, "Fulfillment runs that left a paid order waiting for keys.");
+    describe_counter!(
+        ORDERS_BACKORDERED,
+        "Fulfillment runs that left a paid order waiting for keys."
+    );
     describe_counter!(ORDERS_CANCELED, "Orders canceled.");
-    describe_histogram!(PAY_TO_FULFILLED, Unit::Seconds, "Time from PAID to FULFILLED.");
+    describe_histogram!(
+        PAY_TO_FULFILLED,
+        Unit::Seconds,
+        "Time from PAID to FULFILLED."
+    );
     describe_counter!(JOB_ATTEMPTS, "Job runs started, by queue.");
-    describe_counter!(JOB_RETRIES, "Failed job runs scheduled to run again, by queue.");
+    describe_counter!(
+        JOB_RETRIES,
+        "Failed job runs scheduled to run again, by queue."
+    );
     describe_counter!(JOB_FAILURES, "Failed job runs, by queue.");
-    describe_counter!(JOBS_DIED, "Jobs that died (out of attempts or failed permanently), by queue.");
-    describe_gauge!(QUEUE_DEPTH, "Unfinished jobs that will run (not dead), by queue.");
-    describe_gauge!(QUEUE_OLDEST_AGE, Unit::Seconds, "How long the oldest due, unfinished job has been due, by queue.");
-    describe_counter!(KEYS_UPLOADED, "Keys stored by uploads (keys/s: rate of this).");
-    describe_counter!(WEBHOOK_DELIVERIES, "Outgoing webhook deliveries, by outcome (delivered, failed).");
-    describe_counter!(WEBHOOK_ENDPOINTS_DISABLED, "Webhook endpoints disabled after repeated failures.");
+    describe_counter!(
+        JOBS_DIED,
+        "Jobs that died (out of attempts or failed permanently), by queue."
+    );
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Unfinished jobs that will run (not dead), by queue."
+    );
+    describe_gauge!(
+        QUEUE_OLDEST_AGE,
+        Unit::Seconds,
+        "How long the oldest due, unfinished job has been due, by queue."
+    );
+    describe_counter!(
+        KEYS_UPLOADED,
+        "Keys stored by uploads (keys/s: rate of this)."
+    );
+    describe_counter!(
+        WEBHOOK_DELIVERIES,
+        "Outgoing webhook deliveries, by outcome (delivered, failed)."
+    );
+    describe_counter!(
+        WEBHOOK_ENDPOINTS_DISABLED,
+        "Webhook endpoints disabled after repeated failures."
+    );
 }
 
 /// One HTTP request. `route` is the matched route template (never a raw path).

@@ -28,8 +28,8 @@ impl BatchOutcome {
     /// Counts the committed batch in this process's metrics.
     pub fn record_metrics(&self) {
         autokey_shared::metrics::orders_fulfilled(&self.fulfilled_paid_at);
-        let backordered = self.also_backordered
-            + usize::from(matches!(self.lead, Outcome::Backordered { .. }));
+        let backordered =
+            self.also_backordered + usize::from(matches!(self.lead, Outcome::Backordered { .. }));
         autokey_shared::metrics::orders_backordered(backordered as u64);
     }
 }

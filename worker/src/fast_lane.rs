@@ -15,11 +15,11 @@ use std::{sync::Arc, time::Duration};
 
 use autokey_shared::jobs::{self, FulfillOrder, Job};
 use sqlx::{PgPool, postgres::PgListener};
-use tracing::Instrument;
 use tokio::{
     sync::{Semaphore, mpsc},
     task::JoinSet,
 };
+use tracing::Instrument;
 
 use crate::{batch, runner::WorkerConfig};
 
@@ -90,8 +90,13 @@ async fn forward(mut listener: PgListener, tx: mpsc::Sender<String>) {
 
 async fn run_one(pool: &PgPool, config: &WorkerConfig, job_id: &str) {
     // order_id and request_id are filled in once the job is claimed (batch::fulfill_job).
-    let span = tracing::info_span!("job", queue = FulfillOrder::QUEUE, task_id = job_id,
-        order_id = tracing::field::Empty, request_id = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "job",
+        queue = FulfillOrder::QUEUE,
+        task_id = job_id,
+        order_id = tracing::field::Empty,
+        request_id = tracing::field::Empty
+    );
     run_one_in_span(pool, config, job_id).instrument(span).await
 }
 

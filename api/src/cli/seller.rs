@@ -134,7 +134,10 @@ pub async fn upload(pool: Uuid, file: PathBuf, remote: Remote) -> Result<(), Str
         .json()
         .await
         .map_err(|e| format!("the api's report could not be read: {e}"))?;
-    print!("{}", format_report(&report, lines.load(Ordering::Relaxed), size));
+    print!(
+        "{}",
+        format_report(&report, lines.load(Ordering::Relaxed), size)
+    );
     Ok(())
 }
 
@@ -229,7 +232,14 @@ pub async fn pools(remote: Remote) -> Result<(), String> {
 
 fn format_pools(pools: &[Value]) -> String {
     let header = [
-        "ID", "NAME", "AVAILABLE", "RESERVED", "DELIVERED", "INVALID", "TOTAL", "LOW_STOCK",
+        "ID",
+        "NAME",
+        "AVAILABLE",
+        "RESERVED",
+        "DELIVERED",
+        "INVALID",
+        "TOTAL",
+        "LOW_STOCK",
     ];
     let rows: Vec<Vec<String>> = pools
         .iter()

@@ -189,7 +189,13 @@ mod tests {
         let order_id = Uuid::now_v7();
         let old = format!("{{\"order_id\":\"{order_id}\"}}");
         let job: FulfillOrder = serde_json::from_str(&old).unwrap();
-        assert_eq!(job, FulfillOrder { order_id, request_id: None });
+        assert_eq!(
+            job,
+            FulfillOrder {
+                order_id,
+                request_id: None
+            }
+        );
         assert_eq!(serde_json::to_string(&job).unwrap(), old);
     }
 

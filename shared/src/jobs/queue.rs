@@ -224,14 +224,15 @@ pub struct LiveJobs {
 /// [`live_counts`] plus each queue's depth and oldest due job: one scan of the
 /// unfinished jobs (autokey_jobs_live_idx, reading their `run_at` from the table).
 pub async fn live_jobs(conn: &mut PgConnection) -> Result<LiveJobs, sqlx::Error> {
-    let rows: Vec<(String, String, i64, i64, Option<f64>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT job_type, status, count(*), count(*) FILTER (WHERE {DEAD}),
+    let rows: Vec<(String, String, i64, i64, Option<f64>)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT job_type, status, count(*), count(*) FILTER (WHERE {DEAD}),
                 extract(epoch FROM now() - min(run_at) FILTER (WHERE NOT {DEAD}))::float8
          FROM apalis.jobs WHERE job_type LIKE '{OURS}' AND status <> 'Done'
          GROUP BY 1, 2 ORDER BY 1, 2"
-    )))
-    .fetch_all(conn)
-    .await?;
+        )))
+        .fetch_all(conn)
+        .await?;
     let mut live = LiveJobs::default();
     for (q, status, n, dead, age) in rows {
         live.dead += dead;
