@@ -297,6 +297,7 @@ impl Target {
             .await?;
         }
         tx.commit().await?;
+        autokey_shared::metrics::keys_uploaded(stored.len() as u64);
         let lost = lost
             .iter()
             .map(|(k, line)| {

@@ -13,6 +13,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod orders;
 pub mod pagination;
+pub mod request_id;
 pub mod routes;
 pub mod server;
 pub mod settings;
@@ -28,7 +29,7 @@ pub use state::{AppState, Settings};
 /// Layers, from the outside in: panics become opaque 500s; errors are logged; requests
 /// beyond the concurrency cap (one semaphore for every route) are shed (503); each has
 /// a deadline (503); each is
-/// authenticated once and rate limited (429).
+/// authenticated once and rate limited (429). Outermost, each gets its request id.
 pub fn app(state: AppState) -> Router {
     let (router, api) = api_router().split_for_parts();
     let max_in_flight = state.settings.limits.max_concurrent_requests;
@@ -56,6 +57,7 @@ pub fn app(state: AppState) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             middleware::panic_response,
         ))
+        .layer(axum::middleware::from_fn(request_id::layer))
         .with_state(state)
 }
 

@@ -3,7 +3,7 @@
 use std::any::Any;
 
 use axum::{
-    extract::Request,
+    extract::{MatchedPath, Request},
     http::StatusCode,
     middleware::Next,
     response::{IntoResponse, Response},
@@ -13,12 +13,25 @@ use crate::error::{ApiError, InternalCause};
 
 /// Logs server errors with their cause (kept out of the response body) and client
 /// errors at debug level. Logged here, not in `into_response`, so each is logged once.
+/// Also counts the request and its latency by route template (axum's MatchedPath, so
+/// ids in paths never become labels; requests no route matched are `unmatched`).
 pub async fn log_errors(request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned());
     let response = next.run(request).await;
     let status = response.status();
     crate::routes::metrics::count_response(status.as_u16());
+    autokey_shared::metrics::http_request(
+        method.as_str(),
+        route.as_deref().unwrap_or("unmatched"),
+        status.as_u16(),
+        started.elapsed(),
+    );
     if status.is_server_error() {
         let cause = response
             .extensions()

@@ -30,6 +30,8 @@ impl AppState {
     /// The state of one api process on `pool`.
     pub fn new(pool: PgPool, vault: Arc<Vault>, settings: Settings) -> Self {
         let limits = &settings.limits;
+        // Installs the process's recorder before the first request counts anything.
+        autokey_shared::metrics::handle();
         Self {
             waiter: FulfillmentWaiter::start(pool.clone()),
             tokens: TokenCache::start(pool.clone()),

@@ -362,11 +362,11 @@ pub async fn seed_orders(
             let job_ids: Vec<String> = ids.iter().map(|_| ulid::Ulid::new().to_string()).collect();
             let payloads: Vec<Vec<u8>> = ids
                 .iter()
-                .map(|&order_id| serde_json::to_vec(&FulfillOrder { order_id }).unwrap())
+                .map(|&order_id| serde_json::to_vec(&FulfillOrder::new(order_id)).unwrap())
                 .collect();
             let keys: Vec<String> = ids
                 .iter()
-                .map(|&order_id| FulfillOrder { order_id }.idempotency_key().unwrap())
+                .map(|&order_id| FulfillOrder::new(order_id).idempotency_key().unwrap())
                 .collect();
             // Mirrors jobs::enqueue (queries/task/sink.sql of apalis-postgres 1.0).
             sqlx::query(

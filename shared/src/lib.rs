@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod jobs;
+pub mod metrics;
 pub mod model;
 pub mod outbound;
 pub mod process;

@@ -15,3 +15,19 @@ pub fn init(default_filter: &str) {
         builder.try_init()
     };
 }
+
+tokio::task_local! {
+    /// The id of the HTTP request being served (set by the api's request-id layer for the
+    /// whole handler), so what the request enqueues can carry it to the worker.
+    static REQUEST_ID: String;
+}
+
+/// The current HTTP request's id, when running inside one.
+pub fn request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// Runs `work` as the request `id`.
+pub async fn with_request_id<F: std::future::Future>(id: String, work: F) -> F::Output {
+    REQUEST_ID.scope(id, work).await
+}

@@ -100,12 +100,12 @@ async fn a_job_run_twice_changes_nothing() {
         .await
         .unwrap();
     assert!(
-        jobs::queue::enqueue(&mut conn, &FulfillOrder { order_id: id })
+        jobs::queue::enqueue(&mut conn, &FulfillOrder::new(id))
             .await
             .unwrap()
     );
     assert!(
-        !jobs::queue::enqueue(&mut conn, &FulfillOrder { order_id: id })
+        !jobs::queue::enqueue(&mut conn, &FulfillOrder::new(id))
             .await
             .unwrap(),
         "one job per order"
@@ -191,7 +191,7 @@ async fn a_permanently_failing_job_dies_visibly_and_an_operator_can_retry_it() {
     let mut conn = app.pool.acquire().await.unwrap();
     // A job for an order that does not exist cannot ever succeed.
     let ghost = Uuid::now_v7();
-    jobs::queue::enqueue(&mut conn, &FulfillOrder { order_id: ghost })
+    jobs::queue::enqueue(&mut conn, &FulfillOrder::new(ghost))
         .await
         .unwrap();
     let worker = app.start_worker();

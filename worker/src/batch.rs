@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use autokey_shared::{
     db,
-    jobs::{FulfillOrder, JobError, queue},
+    jobs::{FulfillOrder, Job, JobError, queue},
     transitions::delivery::{self, Outcome, Take},
 };
 use sqlx::{PgConnection, PgPool};
@@ -20,6 +20,18 @@ pub struct BatchOutcome {
     /// Other orders served in the same transaction (their jobs are now done).
     pub also_fulfilled: usize,
     pub also_backordered: usize,
+    /// When each order this batch fulfilled was paid (for the pay -> FULFILLED latency).
+    pub fulfilled_paid_at: Vec<chrono::DateTime<chrono::Utc>>,
+}
+
+impl BatchOutcome {
+    /// Counts the committed batch in this process's metrics.
+    pub fn record_metrics(&self) {
+        autokey_shared::metrics::orders_fulfilled(&self.fulfilled_paid_at);
+        let backordered =
+            self.also_backordered + usize::from(matches!(self.lead, Outcome::Backordered { .. }));
+        autokey_shared::metrics::orders_backordered(backordered as u64);
+    }
 }
 
 /// Fulfills `lead` plus up to `extra` orders of the same pool, oldest paid first, in one
@@ -34,27 +46,37 @@ pub async fn fulfill_batch(
     let (out, done_jobs) = fulfill_batch_in(&mut tx, lead, extra).await?;
     queue::mark_done(&mut tx, &done_jobs, None).await?;
     tx.commit().await?;
+    out.record_metrics();
     Ok(out)
 }
 
 /// The fast lane's unit of work: claims the FulfillOrder job `job_id` itself (if it is
 /// still Pending and no one holds it), runs its batch and marks it and the batch's jobs
-/// Done, all in one transaction. `None` when the job was not there to take. On error
+/// Done, all in one transaction. Returns the job's order and the outcome, or `None` when
+/// the job was not there to take. On error
 /// nothing is kept (the caller records the failed attempt).
 pub async fn fulfill_job(
     pool: &PgPool,
     job_id: &str,
     extra: i64,
     lock_timeout: Duration,
-) -> Result<Option<BatchOutcome>, JobError> {
+) -> Result<Option<(Uuid, BatchOutcome)>, JobError> {
     let mut tx = db::begin_with_lock_timeout(pool, lock_timeout).await?;
     let Some(job) = queue::claim_pending::<FulfillOrder>(&mut tx, job_id).await? else {
         return Ok(None);
     };
+    // The lane's span learns whose job this is (and the request that paid the order).
+    let span = tracing::Span::current();
+    span.record("order_id", tracing::field::display(job.order_id));
+    if let Some(request_id) = &job.request_id {
+        span.record("request_id", request_id.as_str());
+    }
+    autokey_shared::metrics::job_attempt(FulfillOrder::QUEUE);
     let (out, done_jobs) = fulfill_batch_in(&mut tx, job.order_id, extra).await?;
     queue::mark_done(&mut tx, &done_jobs, Some(job_id)).await?;
     tx.commit().await?;
-    Ok(Some(out))
+    out.record_metrics();
+    Ok(Some((job.order_id, out)))
 }
 
 /// The batch on the caller's transaction; returns the jobs of the other orders it took.
@@ -87,8 +109,14 @@ async fn fulfill_batch_in(
         lead: Outcome::NothingToDo,
         also_fulfilled: 0,
         also_backordered: 0,
+        fulfilled_paid_at: Vec::new(),
     };
     for (id, outcome) in outcomes {
+        if matches!(outcome, Outcome::Fulfilled { .. })
+            && let Some(paid_at) = orders.iter().find(|o| o.id == id).and_then(|o| o.paid_at)
+        {
+            out.fulfilled_paid_at.push(paid_at);
+        }
         match outcome {
             _ if id == lead => out.lead = outcome,
             Outcome::Fulfilled { .. } => out.also_fulfilled += 1,

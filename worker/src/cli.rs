@@ -23,6 +23,8 @@ jobs of a process that dies are picked up by the others within seconds.\n\n\
 On SIGTERM or SIGINT it stops taking jobs, lets running ones finish, and exits 0.\n\n\
 Outgoing webhooks (events signed per Standard Webhooks) are sent too when ENCRYPTION_KEY (and \
 FINGERPRINT_KEY, ENCRYPTION_KEYS_RETIRED) are set as for the api: the endpoints' secrets are sealed with them.\n\n\
+Metrics: with METRICS_PORT set, GET /metrics on that port (Prometheus text; the bearer METRICS_TOKEN \
+when set).\n\n\
 Configuration: DATABASE_URL (required); RUST_LOG and LOG_FORMAT=json for logs; a .env file is read too."
 )]
 pub struct Cli {
@@ -44,6 +46,16 @@ pub struct Cli {
     #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE_URLS", default_value = "false", global = true,
           value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub webhook_allow_private_urls: bool,
+    /// Port of this process's own GET /metrics (Prometheus text); not served when unset.
+    #[arg(long, env = "METRICS_PORT", global = true)]
+    pub metrics_port: Option<u16>,
+    /// Address the metrics port listens on.
+    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0", global = true)]
+    pub bind_addr: std::net::IpAddr,
+    /// Bearer token GET /metrics requires (METRICS_TOKEN; the api's too). Without it the
+    /// worker's metrics are open to whoever reaches the port.
+    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true, global = true)]
+    pub metrics_token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -89,6 +101,23 @@ pub async fn run(cli: Cli) -> i32 {
                     ..Default::default()
                 };
                 config.webhooks.allow_private = cli.webhook_allow_private_urls;
+                if let Some(port) = cli.metrics_port {
+                    let addr = std::net::SocketAddr::new(cli.bind_addr, port);
+                    let listener = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| format!("cannot listen on {addr} (METRICS_PORT): {e}"))?;
+                    if cli.metrics_token.is_none() {
+                        tracing::warn!("METRICS_TOKEN is not set: the worker's /metrics is open");
+                    }
+                    let token = cli.metrics_token.clone().map(secrecy::SecretString::from);
+                    let pool = pool.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = crate::metrics::serve(listener, pool, token).await {
+                            tracing::error!(error = %e, "the metrics server stopped");
+                        }
+                    });
+                    tracing::info!(%addr, "worker metrics at GET /metrics");
+                }
                 tracing::info!(concurrency = config.concurrency, "autokey-worker starting");
                 crate::runner::run(pool, config, process::shutdown_signal())
                     .await

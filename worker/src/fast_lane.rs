@@ -13,12 +13,13 @@
 
 use std::{sync::Arc, time::Duration};
 
-use autokey_shared::jobs;
+use autokey_shared::jobs::{self, FulfillOrder, Job};
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::{
     sync::{Semaphore, mpsc},
     task::JoinSet,
 };
+use tracing::Instrument;
 
 use crate::{batch, runner::WorkerConfig};
 
@@ -88,16 +89,33 @@ async fn forward(mut listener: PgListener, tx: mpsc::Sender<String>) {
 }
 
 async fn run_one(pool: &PgPool, config: &WorkerConfig, job_id: &str) {
+    // order_id and request_id are filled in once the job is claimed (batch::fulfill_job).
+    let span = tracing::info_span!(
+        "job",
+        queue = FulfillOrder::QUEUE,
+        task_id = job_id,
+        order_id = tracing::field::Empty,
+        request_id = tracing::field::Empty
+    );
+    run_one_in_span(pool, config, job_id).instrument(span).await
+}
+
+async fn run_one_in_span(pool: &PgPool, config: &WorkerConfig, job_id: &str) {
     let work = batch::fulfill_job(pool, job_id, config.batch_extra_orders, config.lock_timeout);
     match crate::runner::guarded(work).await {
-        Ok(Some(done)) => tracing::debug!(job_id, ?done, "fast lane served the job"),
+        Ok(Some((order_id, done))) => crate::runner::log_outcome(order_id, &done),
         Ok(None) => {}
         Err(e) => {
             // Rolled back; recorded as a failed attempt, then the queue's workers retry it.
             let retry_in = e
                 .is_retryable()
                 .then(|| jobs::retry_delay(1, config.retry_base));
-            tracing::warn!(job_id, error = %e, ?retry_in, "fast lane run failed");
+            autokey_shared::metrics::job_failed(FulfillOrder::QUEUE, retry_in.is_some());
+            if retry_in.is_some() {
+                tracing::warn!(job_id, error = %e, ?retry_in, "job retry scheduled after a failed fast lane run");
+            } else {
+                tracing::error!(job_id, error = %e, "job failed permanently in the fast lane; it is dead");
+            }
             let recorded = async {
                 let mut conn = pool.acquire().await?;
                 jobs::queue::record_failed_run(&mut conn, job_id, &e.to_string(), retry_in).await

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod fast_lane;
 pub mod fulfillment;
 pub mod maintenance;
+pub mod metrics;
 pub mod replenish;
 pub mod runner;
 pub mod webhooks;

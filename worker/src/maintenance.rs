@@ -70,7 +70,7 @@ async fn sweep_waiting_orders(
     let paid = orders::paid_before(conn, cutoff, 1000).await?;
     let mut sweep = Sweep::default();
     for order_id in queue::without_fulfillment(conn, &paid).await? {
-        if queue::enqueue(conn, &FulfillOrder { order_id }).await? {
+        if queue::enqueue(conn, &FulfillOrder::new(order_id)).await? {
             sweep.fulfill_jobs_added += 1;
         }
     }

@@ -56,6 +56,12 @@ pub async fn replenish_pool(
         .await?;
         let outcomes = delivery::deliver(&mut tx, &waiting).await?;
         tx.commit().await?;
+        let paid_at: Vec<_> = outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Fulfilled { .. }))
+            .filter_map(|(id, _)| waiting.iter().find(|w| w.id == *id)?.paid_at)
+            .collect();
+        autokey_shared::metrics::orders_fulfilled(&paid_at);
         let served = outcomes
             .iter()
             .filter(|(_, o)| matches!(o, Outcome::Fulfilled { .. }))

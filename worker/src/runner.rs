@@ -7,6 +7,7 @@ use apalis::prelude::*;
 use apalis_postgres::{Config as QueueConfig, PostgresStorage, Pubsub};
 use autokey_shared::jobs::{self, FulfillOrder, Job, JobError, ReencryptKeys, ReplenishPool, queue};
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use crate::{batch, fast_lane, fulfillment::Outcome, maintenance, replenish};
 
@@ -114,15 +115,18 @@ async fn on_failure<J: Job>(
     err: JobError,
 ) -> BoxDynError {
     if !err.is_retryable() {
+        autokey_shared::metrics::job_failed(J::QUEUE, false);
         tracing::error!(queue = J::QUEUE, %task_id, error = %err, "job failed permanently; it is dead");
         return Box::new(AbortError::new(err));
     }
     if attempt >= J::MAX_ATTEMPTS as usize {
+        autokey_shared::metrics::job_failed(J::QUEUE, false);
         tracing::error!(queue = J::QUEUE, %task_id, attempt, error = %err, "job out of attempts; it is dead");
         return Box::new(err);
     }
+    autokey_shared::metrics::job_failed(J::QUEUE, true);
     let delay = jobs::retry_delay(attempt, ctx.config.retry_base);
-    tracing::warn!(queue = J::QUEUE, %task_id, attempt, ?delay, error = %err, "transient failure; retry scheduled");
+    tracing::warn!(queue = J::QUEUE, %task_id, attempt, ?delay, error = %err, "job retry scheduled after a transient failure");
     if let Ok(mut conn) = ctx.pool.acquire().await
         && let Err(e) = queue::schedule_retry(&mut conn, &task_id.to_string(), delay).await
     {
@@ -150,43 +154,54 @@ pub(crate) async fn guarded<T>(
     }
 }
 
+/// One readable line per fulfillment outcome (inside the job's span, which names the
+/// order and the request that paid it).
+pub(crate) fn log_outcome(order_id: uuid::Uuid, done: &batch::BatchOutcome) {
+    match done.lead {
+        Outcome::Fulfilled { keys } => tracing::info!(%order_id, keys, "order fulfilled"),
+        Outcome::Backordered { reserved, quantity } => {
+            tracing::info!(%order_id, reserved, quantity, "order backordered; waiting for keys")
+        }
+        Outcome::NothingToDo => tracing::debug!(%order_id, "order not PAID; nothing to do"),
+    }
+    if done.also_fulfilled + done.also_backordered > 0 {
+        tracing::info!(
+            also_fulfilled = done.also_fulfilled,
+            also_backordered = done.also_backordered,
+            "other waiting orders served in the same transaction"
+        );
+    }
+}
+
 async fn handle_fulfill(
     job: FulfillOrder,
     attempt: Attempt,
     task_id: TaskId,
     ctx: Data<Ctx>,
 ) -> Result<(), BoxDynError> {
-    match guarded(batch::fulfill_batch(
-        &ctx.pool,
-        job.order_id,
-        ctx.config.batch_extra_orders,
-        ctx.config.lock_timeout,
-    ))
-    .await
-    {
-        Ok(done) => {
-            match done.lead {
-                Outcome::Fulfilled { keys } => {
-                    tracing::debug!(order_id = %job.order_id, keys, "order fulfilled")
-                }
-                Outcome::Backordered { reserved, quantity } => {
-                    tracing::info!(order_id = %job.order_id, reserved, quantity, "order backordered; waiting for keys")
-                }
-                Outcome::NothingToDo => {
-                    tracing::debug!(order_id = %job.order_id, "order not PAID; nothing to do")
-                }
+    let span = tracing::info_span!("job", queue = FulfillOrder::QUEUE, %task_id,
+        order_id = %job.order_id, request_id = job.request_id.as_deref().unwrap_or("-"));
+    async {
+        autokey_shared::metrics::job_attempt(FulfillOrder::QUEUE);
+        match guarded(batch::fulfill_batch(
+            &ctx.pool,
+            job.order_id,
+            ctx.config.batch_extra_orders,
+            ctx.config.lock_timeout,
+        ))
+        .await
+        {
+            Ok(done) => {
+                log_outcome(job.order_id, &done);
+                Ok(())
             }
-            if done.also_fulfilled + done.also_backordered > 0 {
-                tracing::debug!(
-                    also_fulfilled = done.also_fulfilled,
-                    also_backordered = done.also_backordered,
-                    "waiting orders served in the same transaction"
-                );
+            Err(err) => {
+                Err(on_failure::<FulfillOrder>(&ctx, &task_id, attempt.current(), err).await)
             }
-            Ok(())
         }
-        Err(err) => Err(on_failure::<FulfillOrder>(&ctx, &task_id, attempt.current(), err).await),
     }
+    .instrument(span)
+    .await
 }
 
 async fn handle_replenish(
@@ -195,6 +210,7 @@ async fn handle_replenish(
     task_id: TaskId,
     ctx: Data<Ctx>,
 ) -> Result<(), BoxDynError> {
+    autokey_shared::metrics::job_attempt(ReplenishPool::QUEUE);
     match guarded(replenish::replenish_pool(
         &ctx.pool,
         job.pool_id,
@@ -333,6 +349,7 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxDynError> {
+    autokey_shared::metrics::handle();
     let ctx = Ctx {
         pool: pool.clone(),
         config: Arc::new(config.clone()),

@@ -122,6 +122,7 @@ async fn send_endpoint(pool: &PgPool, vault: &Vault, config: &WebhookConfig, end
             match outcome {
                 Ok(status) => {
                     webhooks::delivered(&mut conn, endpoint.id, delivery.id, status).await?;
+                    autokey_shared::metrics::webhook_delivery("delivered");
                     tracing::debug!(endpoint_id = %endpoint.id, event_id = %delivery.event_id, "webhook delivered");
                 }
                 Err((status, error)) => {
@@ -138,8 +139,11 @@ async fn send_endpoint(pool: &PgPool, vault: &Vault, config: &WebhookConfig, end
                         config.give_up_after,
                     )
                     .await?;
+                    autokey_shared::metrics::webhook_delivery("failed");
                     if disabled {
-                        tracing::error!(endpoint_id = %endpoint.id, url = %endpoint.url, %error,
+                        autokey_shared::metrics::webhook_endpoint_disabled();
+                        // No URL: it may hold a secret path.
+                        tracing::error!(endpoint_id = %endpoint.id, %error,
                             "webhook endpoint disabled after repeated failed deliveries");
                     } else {
                         tracing::warn!(endpoint_id = %endpoint.id, event_id = %delivery.event_id,

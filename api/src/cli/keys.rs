@@ -1,4 +1,5 @@
-//! `autokey-api keys reencrypt|export|import`. Re-encryption moves every stored key (and webhook secret) to the current
+//! `autokey-api keys upload|reencrypt|export|import`. Upload is the seller's, over HTTP
+//! (cli/seller.rs). Re-encryption moves every stored key (and webhook secret) to the current
 //! encryption key, in batches, with a progress bar on a terminal.
 
 use autokey_shared::{
@@ -12,6 +13,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Subcommand)]
 pub enum KeysAction {
+    /// Stream a key file (one key per line, .txt or .csv) into a pool over the HTTP API
+    /// (AUTOKEY_URL, AUTOKEY_TOKEN), with a progress bar (bytes and lines; on a terminal
+    /// only), and print the upload's report.
+    Upload {
+        /// The pool's id.
+        #[arg(long)]
+        pool: uuid::Uuid,
+        /// The file to upload.
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        remote: super::seller::Remote,
+    },
     /// Re-seal every key stored under a retired encryption key id with ENCRYPTION_KEY
     /// (resumable: run it again after a crash; safe while the service runs). When it
     /// reports 0 left under an id, that id may leave ENCRYPTION_KEYS_RETIRED.
@@ -28,6 +41,7 @@ pub enum KeysAction {
 
 pub async fn run(action: KeysAction) -> Result<(), String> {
     match action {
+        KeysAction::Upload { pool, file, remote } => super::seller::upload(pool, file, remote).await,
         KeysAction::Reencrypt { batch } => reencrypt(batch).await,
         KeysAction::Export(args) => super::backup::export(args).await,
         KeysAction::Import(args) => super::backup::import(args).await,

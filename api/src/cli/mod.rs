@@ -1,7 +1,9 @@
-//! The `autokey-api` command line (OPERATIONS.md): serve, migrate, token, keys, keygen, openapi.
+//! The `autokey-api` command line (OPERATIONS.md): serve, migrate, token, keys, keygen,
+//! openapi, and the seller's `keys upload` and `pools` over the HTTP API.
 
 mod backup;
 mod keys;
+mod seller;
 mod serve;
 mod token;
 
@@ -31,6 +33,8 @@ Secrets and the database come from the environment only (a .env file in the work
   PAYMENT_WEBHOOK_SECRET   whsec_<base64>: Standard Webhooks signing secret\n\
   METRICS_TOKEN            bearer token Prometheus presents to GET /metrics (admin tokens work too)\n\
   RUST_LOG, LOG_FORMAT     log filter; LOG_FORMAT=json for JSON lines\n\n\
+The seller commands (keys upload, pools) use the HTTP API only: AUTOKEY_URL (default\n\
+http://localhost:4000) and AUTOKEY_TOKEN (a seller token), or --url and --token.\n\n\
 Every other setting of `serve` (SIMULATED_PAYMENTS, PORT, rate limits, timeouts...) is listed with its\n\
 environment variable and default by `autokey-api serve --help`."
 )]
@@ -51,7 +55,8 @@ pub enum Command {
         #[command(subcommand)]
         action: token::TokenAction,
     },
-    /// Stored keys: re-encrypt them with the current encryption key; encrypted backups.
+    /// Keys: a seller's upload over the HTTP API; the operator's re-encryption and
+    /// encrypted backups on the database.
     Keys {
         #[command(subcommand)]
         action: keys::KeysAction,
@@ -61,6 +66,12 @@ pub enum Command {
     /// Print the OpenAPI document served at /api/openapi.json (committed as
     /// docs/openapi.json: `autokey-api openapi > docs/openapi.json`).
     Openapi,
+    /// Print the caller's key pools and their counts as a table, over the HTTP API
+    /// (AUTOKEY_URL, AUTOKEY_TOKEN).
+    Pools {
+        #[command(flatten)]
+        remote: seller::Remote,
+    },
 }
 
 /// Runs the CLI; returns the process exit code. (`.env` was read before parsing.)
@@ -77,6 +88,7 @@ pub async fn run(cli: Cli) -> i32 {
         Some(Command::Migrate) => exit_code(migrate().await),
         Some(Command::Token { action }) => exit_code(token::run(action).await),
         Some(Command::Keys { action }) => exit_code(keys::run(action).await),
+        Some(Command::Pools { remote }) => exit_code(seller::pools(remote).await),
         Some(Command::Serve(args)) => exit_code(serve(*args).await),
         None => exit_code(serve(config::args_from_env::<ServeArgs>("serve")).await),
     }

@@ -1,8 +1,9 @@
 //! `GET /metrics`: Prometheus text format, for the admin role or the bearer token
 //! METRICS_TOKEN (Prometheus's `bearer_token`). Gauges are read from cheap sources (pool
 //! counters, the partial index of waiting orders, the index of unfinished jobs) at most
-//! once every few seconds per process, however often it is scraped; request counts come
-//! from this process.
+//! once every few seconds per process, however often it is scraped; then comes this
+//! process's recorder (`autokey_shared::metrics`: requests by route and status with their
+//! latency, orders, uploads, the queue's depth and oldest job age).
 
 use std::{
     fmt::Write,
@@ -45,7 +46,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// How long a reading of the database's gauges is served before it is read again.
-const GAUGES_MAX_AGE: Duration = Duration::from_secs(5);
+const GAUGES_MAX_AGE: Duration = autokey_shared::metrics::GAUGES_MAX_AGE;
 
 /// The last reading of the gauges, shared by this process's scrapes.
 #[derive(Default)]
@@ -66,7 +67,9 @@ async fn gauges(state: &AppState) -> Result<Arc<Gauges>, ApiError> {
         return Ok(g.clone());
     }
     let mut conn = state.pool.acquire().await?;
-    let (jobs, dead) = queue::live_counts(&mut conn).await?;
+    let live = queue::live_jobs(&mut conn).await?;
+    autokey_shared::metrics::set_queue_gauges(&live);
+    let (jobs, dead) = (live.counts, live.dead);
     let g = Arc::new(Gauges {
         keys: store::pools::key_totals(&mut conn).await?,
         waiting: store::orders::waiting_counts(&mut conn).await?,
@@ -165,5 +168,6 @@ async fn metrics(
             slot.load(Ordering::Relaxed)
         );
     }
+    out.push_str(&autokey_shared::metrics::handle().render());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }

@@ -94,6 +94,7 @@ async fn create_order(
     let Some(key) = key else {
         let mut conn = state.pool.acquire().await?;
         let order = place(&mut conn, side, buyer_id, body.offer_id, quantity).await?;
+        autokey_shared::metrics::orders_created(1);
         return Ok((StatusCode::CREATED, Json(Order::from_row(order, None))));
     };
     let mut tx = state.pool.begin().await?;
@@ -111,6 +112,7 @@ async fn create_order(
         return replayed(&mut conn, existing).await;
     }
     tx.commit().await?;
+    autokey_shared::metrics::orders_created(1);
     Ok((StatusCode::CREATED, Json(Order::from_row(order, None))))
 }
 
@@ -304,6 +306,8 @@ async fn cancel_order(
     )
     .await?;
     tx.commit().await?;
+    autokey_shared::metrics::orders_canceled(1);
+    tracing::info!(order_id = %id, released_keys = released, "order canceled");
     Ok(Json(Order::from_row(order, None)))
 }
 
@@ -351,7 +355,7 @@ async fn fulfill_order(
     }
     {
         let mut conn = state.pool.acquire().await?;
-        queue::enqueue(&mut conn, &FulfillOrder { order_id: id }).await?;
+        queue::enqueue(&mut conn, &FulfillOrder::new(id)).await?;
     }
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
     let pool = state.pool.clone();

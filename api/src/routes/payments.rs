@@ -52,6 +52,7 @@ async fn pay_order(
     let mut order = store::orders::lock_visible(&mut tx, id, viewer)
         .await?
         .ok_or_else(|| ApiError::NotFound("order not found".into()))?;
+    let paying = order.status == OrderStatus::Pending;
     match order.status {
         OrderStatus::Canceled => return Err(ApiError::Conflict("the order is canceled".into())),
         OrderStatus::Pending => {
@@ -73,6 +74,10 @@ async fn pay_order(
         OrderStatus::Paid | OrderStatus::Fulfilled => {}
     }
     tx.commit().await?;
+    if paying {
+        autokey_shared::metrics::orders_paid(1);
+        tracing::info!(order_id = %id, payment = "simulated", "order paid");
+    }
     Ok(Json(Order::from_row(order, None)))
 }
 
@@ -190,7 +195,10 @@ async fn payment_webhook(
     let outcome = apply_payment(&mut tx, &event).await?;
     store::payments::set_outcome(&mut tx, &event_id, outcome).await?;
     tx.commit().await?;
-    if outcome != "applied" {
+    if outcome == "applied" {
+        autokey_shared::metrics::orders_paid(1);
+        tracing::info!(%event_id, order_id = %event.data.order_id, "order paid");
+    } else {
         tracing::warn!(%event_id, order_id = %event.data.order_id, outcome, "payment event not applied");
     }
     Ok(Json(WebhookAck { outcome }))

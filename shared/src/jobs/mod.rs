@@ -41,12 +41,25 @@ pub const LANE_CHANNEL: &str = "autokey_job_lane";
 pub const LANE_GRACE: Duration = Duration::from_millis(250);
 
 /// Deliver keys to one paid order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FulfillOrder {
     pub order_id: Uuid,
+    /// The HTTP request that paid the order (its `x-request-id`), logged by the worker
+    /// that runs the job. Absent in jobs enqueued before it existed and in those the
+    /// worker makes itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl FulfillOrder {
+    /// The job of `order_id`, carrying the current HTTP request's id if any.
+    pub fn new(order_id: Uuid) -> Self {
+        Self {
+            order_id,
+            request_id: crate::telemetry::request_id(),
+        }
+    }
+
     /// The job id of an order's fulfillment: the order id's 128 bits written as a ULID
     /// (the queue's id format; a UUIDv7 and a ULID even share their millisecond prefix),
     /// so a batch finds the jobs of the orders it serves by primary key.
@@ -193,9 +206,24 @@ mod tests {
     }
 
     #[test]
+    fn old_fulfillment_payloads_still_deserialize() {
+        let order_id = Uuid::now_v7();
+        let old = format!("{{\"order_id\":\"{order_id}\"}}");
+        let job: FulfillOrder = serde_json::from_str(&old).unwrap();
+        assert_eq!(
+            job,
+            FulfillOrder {
+                order_id,
+                request_id: None
+            }
+        );
+        assert_eq!(serde_json::to_string(&job).unwrap(), old);
+    }
+
+    #[test]
     fn a_fulfillment_job_id_is_derived_from_its_order() {
         let order_id = Uuid::now_v7();
-        let job = FulfillOrder { order_id };
+        let job = FulfillOrder::new(order_id);
         assert_eq!(job.job_id(), job.job_id());
         assert_eq!(job.job_id(), FulfillOrder::job_id_of(order_id));
         assert_ne!(

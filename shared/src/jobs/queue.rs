@@ -247,6 +247,41 @@ pub async fn dead(conn: &mut PgConnection, limit: i64) -> Result<Vec<DeadJob>, s
     .await
 }
 
+/// The queue's unfinished jobs, for the metrics.
+#[derive(Debug, Default)]
+pub struct LiveJobs {
+    /// (queue, status, count) of unfinished jobs.
+    pub counts: Vec<(String, String, i64)>,
+    /// Jobs that will not run again without an operator.
+    pub dead: i64,
+    /// By queue: jobs that will still run (not dead), and how many seconds the oldest
+    /// of them has been due (0 when none is due yet).
+    pub depth: std::collections::HashMap<String, (i64, f64)>,
+}
+
+/// [`live_counts`] plus each queue's depth and oldest due job: one scan of the
+/// unfinished jobs (autokey_jobs_live_idx, reading their `run_at` from the table).
+pub async fn live_jobs(conn: &mut PgConnection) -> Result<LiveJobs, sqlx::Error> {
+    let rows: Vec<(String, String, i64, i64, Option<f64>)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT job_type, status, count(*), count(*) FILTER (WHERE {DEAD}),
+                extract(epoch FROM now() - min(run_at) FILTER (WHERE NOT {DEAD}))::float8
+         FROM apalis.jobs WHERE job_type LIKE '{OURS}' AND status <> 'Done'
+         GROUP BY 1, 2 ORDER BY 1, 2"
+        )))
+        .fetch_all(conn)
+        .await?;
+    let mut live = LiveJobs::default();
+    for (q, status, n, dead, age) in rows {
+        live.dead += dead;
+        let entry = live.depth.entry(q.clone()).or_insert((0, 0.0));
+        entry.0 += n - dead;
+        entry.1 = entry.1.max(age.unwrap_or(0.0).max(0.0));
+        live.counts.push((q, status, n));
+    }
+    Ok(live)
+}
+
 /// How many jobs are dead.
 pub async fn dead_count(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
     Ok(live_counts(conn).await?.1)

@@ -100,7 +100,7 @@ pub async fn pay_many(
         .await?;
     let jobs: Vec<FulfillOrder> = paid
         .iter()
-        .map(|&(order_id, _)| FulfillOrder { order_id })
+        .map(|&(order_id, _)| FulfillOrder::new(order_id))
         .collect();
     queue::enqueue_many(conn, &jobs).await?;
     Ok(paid)
