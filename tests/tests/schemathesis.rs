@@ -6,8 +6,8 @@
 //! What a schema cannot say is supplied the way a real client would (see
 //! tests/schemathesis/hooks.py): positive cases order the run's in-stock offer and name the
 //! buyer as the token requires, drafts name the seller's own pool, and positive payment
-//! webhooks are signed by the official `standardwebhooks` library. `cursor` is an opaque
-//! token the api issues: the run uses one it issued (any other string is rightly a 400,
+//! webhooks are signed by the official `standardwebhooks` library. `cursor` (and the
+//! events' `after`) is an opaque token the api issues: the run uses one it issued (any other string is rightly a 400,
 //! which no schema can tell from a valid one).
 //!
 //! `AUTOKEY_SCHEMATHESIS_SEED` (default a fixed seed, so that a run can be reproduced; give
@@ -63,17 +63,31 @@ async fn schemathesis_finds_nothing_with_any_role() {
     let roles = [
         ("storefront", app.storefront().await),
         ("buyer", buyer),
-        ("seller", seller),
+        ("seller", seller.clone()),
         ("admin", app.token(Role::Admin, None).await.0),
     ];
+    // An events cursor (`after`) the api issued, as for `cursor`.
+    let mut after = None;
+    for _ in 0..100 {
+        after = app.get("/events?limit=1", &seller).await.body["nextCursor"]
+            .as_str()
+            .map(str::to_owned);
+        if after.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = after.expect("an events cursor");
     let config = dir.join("schemathesis.toml");
     std::fs::write(
         &config,
         format!(
             "[dictionaries.cursors]\nvalues = [\"{cursor}\"]\n\
+             [dictionaries.afters]\nvalues = [\"{after}\"]\n\
              [dictionaries.pools]\nvalues = [\"{pool_id}\"]\n\
              [dictionaries.keys]\nvalues = [{}]\n\n\
-             [parameters]\n\"query.cursor\" = {{ dictionary = \"cursors\" }}\n\n\
+             [parameters]\n\"query.cursor\" = {{ dictionary = \"cursors\" }}\n\
+             \"query.after\" = {{ dictionary = \"afters\" }}\n\n\
              [[operations]]\ninclude-operation-id = \"invalidateKey\"\n\
              parameters = {{ \"path.poolId\" = {{ dictionary = \"pools\", probability = 0.7 }}, \
              \"path.keyId\" = {{ dictionary = \"keys\", probability = 0.7 }} }}\n",

@@ -3,7 +3,6 @@
 
 use autokey_shared::store::audit::{self, AuditFilter, AuditRow};
 use axum::extract::State;
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -100,18 +99,19 @@ pub struct AuditPage {
     next_cursor: Option<String>,
 }
 
+/// Audit rows page by id, newest first. The cursor has the shape of every other list's
+/// (pagination.rs: the row's time and its id, the bigint carried in a UUID's bits), so a
+/// client handles all cursors alike.
 fn decode_cursor(cursor: Option<&str>) -> Result<Option<i64>, ApiError> {
-    let bad = || ApiError::validation("cursor is not one this API returned");
-    match cursor {
-        None | Some("") => Ok(None),
-        Some(c) if c.len() > 40 => Err(bad()),
-        Some(c) => {
-            let raw = URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?;
-            let text = String::from_utf8(raw).map_err(|_| bad())?;
-            let id = text.strip_prefix("audit:").ok_or_else(bad)?;
-            Ok(Some(id.parse().map_err(|_| bad())?))
-        }
-    }
+    Ok(pagination::decode(cursor)?
+        .map(|after| i64::try_from(after.id.as_u128()).unwrap_or(i64::MAX)))
+}
+
+fn encode_cursor(row: &AuditRow) -> String {
+    pagination::encode(autokey_shared::store::After {
+        created_at: row.at,
+        id: Uuid::from_u128(row.id as u128),
+    })
 }
 
 async fn page(
@@ -125,8 +125,7 @@ async fn page(
     let mut rows = audit::page(&mut *state.pool.acquire().await?, &filter, limit + 1).await?;
     let next_cursor = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
-        rows.last()
-            .map(|r| URL_SAFE_NO_PAD.encode(format!("audit:{}", r.id)))
+        rows.last().map(encode_cursor)
     } else {
         None
     };

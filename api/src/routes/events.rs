@@ -65,8 +65,9 @@ pub struct EventPage {
 pub struct EventParams {
     /// `nextCursor` of the previous page.
     after: Option<String>,
-    /// Only events of this type.
+    /// Only events of this type (`webhook.test` too: what a test delivery sends).
     #[serde(rename = "type")]
+    #[param(value_type = Option<super::webhook_endpoints::EventType>)]
     kind: Option<String>,
     /// Page size, 1..=500 (default 100).
     #[param(minimum = 1, maximum = 500)]
@@ -118,7 +119,9 @@ async fn list_events(
             ));
         }
     };
-    if let Some(k) = q.kind.as_deref()
+    // An empty `type` filters nothing, as an absent one.
+    let kind = q.kind.as_deref().filter(|k| !k.is_empty());
+    if let Some(k) = kind
         && !events::TYPES.contains(&k)
         && k != events::TEST_TYPE
     {
@@ -131,7 +134,7 @@ async fn list_events(
     // An empty `after` is the start, as an absent one.
     let after = q.after.as_deref().filter(|a| !a.is_empty()).map(decode).transpose()?;
     let mut conn = state.pool.acquire().await?;
-    let rows = events::page(&mut conn, reader, q.kind.as_deref(), after, limit).await?;
+    let rows = events::page(&mut conn, reader, kind, after, limit).await?;
     let next_cursor = rows
         .last()
         .map(|r| Position {
