@@ -7,6 +7,7 @@ pub mod fast_lane;
 pub mod fulfillment;
 pub mod maintenance;
 pub mod metrics;
+pub mod reencrypt;
 pub mod replenish;
 pub mod runner;
 pub mod webhooks;

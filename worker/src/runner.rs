@@ -65,9 +65,9 @@ impl Default for WorkerConfig {
 
 /// What every handler needs.
 #[derive(Clone)]
-struct Ctx {
-    pool: PgPool,
-    config: Arc<WorkerConfig>,
+pub(crate) struct Ctx {
+    pub(crate) pool: PgPool,
+    pub(crate) config: Arc<WorkerConfig>,
 }
 
 /// A unique identity per process start, so a restarted process under the same platform
@@ -108,7 +108,7 @@ fn storage<J: Job>(
 
 /// Marks a failed attempt: retryable errors are retried after a durable delay (and die
 /// after `MAX_ATTEMPTS`), fatal ones are aborted at once.
-async fn on_failure<J: Job>(
+pub(crate) async fn on_failure<J: Job>(
     ctx: &Ctx,
     task_id: &TaskId,
     attempt: usize,
@@ -232,82 +232,6 @@ async fn handle_replenish(
     }
 }
 
-/// Rotation runs for a bounded time per attempt, then hands over to a fresh run of the
-/// same job (re-enqueued), so a long rotation never looks like a stuck job and a kill
-/// loses at most one batch.
-const REENCRYPT_SLICE: std::time::Duration = std::time::Duration::from_secs(20);
-
-async fn handle_reencrypt(
-    job: ReencryptKeys,
-    attempt: Attempt,
-    task_id: TaskId,
-    ctx: Data<Ctx>,
-) -> Result<(), BoxDynError> {
-    let run = async {
-        let vault = ctx.config.vault.clone().ok_or_else(|| {
-            JobError::fatal("this worker has no ENCRYPTION_KEY; it cannot re-encrypt keys")
-        })?;
-        if vault.current_key_id() != job.target_key_id {
-            return Err(JobError::fatal(format!(
-                "asked to rotate to key id {:?} but this worker seals with {:?}",
-                job.target_key_id,
-                vault.current_key_id()
-            )));
-        }
-        let started = std::time::Instant::now();
-        let mut moved = 0;
-        let mut conn = ctx.pool.acquire().await?;
-        let ids = autokey_shared::rotation::sealing_key_ids(&mut conn).await?;
-        drop(conn);
-        for retired in ids.iter().filter(|id| *id != vault.current_key_id()) {
-            if !vault.knows(retired) {
-                return Err(JobError::fatal(format!(
-                    "stored keys are sealed with key id {retired:?}, which is not configured"
-                )));
-            }
-            moved += autokey_shared::rotation::reencrypt_secrets(&ctx.pool, &vault, retired).await?;
-            while started.elapsed() < REENCRYPT_SLICE {
-                let n = autokey_shared::rotation::reencrypt_manual_batch(
-                    &ctx.pool,
-                    &vault,
-                    retired,
-                    autokey_shared::rotation::BATCH,
-                )
-                .await?;
-                moved += n;
-                if n == 0 {
-                    break;
-                }
-            }
-            while started.elapsed() < REENCRYPT_SLICE {
-                let n = autokey_shared::rotation::reencrypt_keys_batch(
-                    &ctx.pool,
-                    &vault,
-                    retired,
-                    autokey_shared::rotation::BATCH,
-                )
-                .await?;
-                moved += n;
-                if n == 0 {
-                    break;
-                }
-            }
-        }
-        Ok::<_, JobError>((moved, started.elapsed() >= REENCRYPT_SLICE))
-    };
-    match guarded(run).await {
-        Ok((moved, more)) => {
-            tracing::info!(moved, more, "keys re-encrypted with the current encryption key");
-            if more {
-                let mut conn = ctx.pool.acquire().await?;
-                queue::enqueue(&mut conn, &job).await?;
-            }
-            Ok(())
-        }
-        Err(err) => Err(on_failure::<ReencryptKeys>(&ctx, &task_id, attempt.current(), err).await),
-    }
-}
-
 async fn wait_for_stop(mut rx: tokio::sync::watch::Receiver<bool>) -> Result<(), std::io::Error> {
     let _ = rx.wait_for(|stop| *stop).await;
     Ok(())
@@ -386,7 +310,7 @@ pub async fn run(
                     .backend(storage::<ReencryptKeys>(&pool, &config, true))
                     .concurrency(1)
                     .data(ctx.clone())
-                    .build(handle_reencrypt)
+                    .build(crate::reencrypt::handle_reencrypt)
                     .run_until(wait_for_stop(stop.clone()))
             })
             .await
