@@ -34,6 +34,11 @@ pub struct Env {
     pub bin_dir: PathBuf,
     /// The workspace root (results go to bench-results/ under it).
     pub root: PathBuf,
+    /// Settings given to every database the bench creates (`ALTER DATABASE .. SET`), for
+    /// experiments; empty by default.
+    pub db_settings: Vec<(String, String)>,
+    /// Extra environment of every api the bench starts (after its own), for experiments.
+    pub api_env: Vec<(String, String)>,
 }
 
 impl Env {
@@ -87,6 +92,21 @@ impl BenchDb {
         admin
             .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .await?;
+        for (k, v) in &env.db_settings {
+            if k.is_empty()
+                || !k
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            {
+                return Err(err(format!("not a setting name: {k}")));
+            }
+            admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "ALTER DATABASE {name} SET {k} = '{}'",
+                    v.replace('\'', "''")
+                )))
+                .await?;
+        }
         admin.close().await?;
         let pool = autokey_shared::db::connect_with(env.options(&name)?, max_connections).await?;
         autokey_shared::db::migrate(&pool).await?;
@@ -315,8 +335,8 @@ async fn sell_oldest(pool: &PgPool, pool_id: Uuid, offer_id: Uuid, n: usize) -> 
 }
 
 /// Inserts `n` orders of quantity 1, round-robin over the shop's pools. PAID orders get
-/// their FulfillOrder job in the same transaction (when `with_jobs`), by a bulk insert
-/// that mirrors `autokey_shared::jobs::enqueue` column for column.
+/// their FulfillOrder job in the same transaction (when `with_jobs`), by the api's own
+/// `jobs::queue::enqueue_many`.
 pub async fn seed_orders(
     pool: &PgPool,
     shop: &Shop,
@@ -359,30 +379,13 @@ pub async fn seed_orders(
         .execute(&mut *tx)
         .await?;
         if paid && with_jobs {
-            let job_ids: Vec<String> = ids.iter().map(|_| ulid::Ulid::new().to_string()).collect();
-            let payloads: Vec<Vec<u8>> = ids
+            // The api's own enqueue (natural job ids, the fast lane's grace and NOTIFY),
+            // so the worker finds these jobs exactly as it finds paid orders' jobs.
+            let jobs: Vec<FulfillOrder> = ids
                 .iter()
-                .map(|&order_id| serde_json::to_vec(&FulfillOrder::new(order_id)).unwrap())
+                .map(|&order_id| FulfillOrder::new(order_id))
                 .collect();
-            let keys: Vec<String> = ids
-                .iter()
-                .map(|&order_id| FulfillOrder::new(order_id).idempotency_key().unwrap())
-                .collect();
-            // Mirrors jobs::enqueue (queries/task/sink.sql of apalis-postgres 1.0).
-            sqlx::query(
-                "INSERT INTO apalis.jobs
-                     (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key)
-                 SELECT id, $2, job, 'Pending', 0, $4, now(), 0, ''::hstore, ikey
-                 FROM unnest($1::text[], $3::bytea[], $5::text[]) AS t(id, job, ikey)
-                 ON CONFLICT (job_type, idempotency_key) DO NOTHING",
-            )
-            .bind(&job_ids)
-            .bind(FulfillOrder::QUEUE)
-            .bind(&payloads)
-            .bind(FulfillOrder::MAX_ATTEMPTS)
-            .bind(&keys)
-            .execute(&mut *tx)
-            .await?;
+            autokey_shared::jobs::queue::enqueue_many(&mut tx, &jobs).await?;
         }
         tx.commit().await?;
         out.extend(ids.into_iter().zip(pools));
@@ -451,6 +454,15 @@ pub fn free_port() -> Res<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// The api settings the bench changes from their defaults (all of them rate limits).
+pub const API_BENCH_LIMITS: [(&str, &str); 5] = [
+    ("RATE_LIMIT_PER_SECOND", "1000000"),
+    ("RATE_LIMIT_BURST", "1000000"),
+    ("RATE_LIMIT_ANONYMOUS_PER_SECOND", "1000000"),
+    ("RATE_LIMIT_ANONYMOUS_BURST", "1000000"),
+    ("MAX_CONCURRENT_UPLOADS_PER_SELLER", "8"),
+];
+
 /// Starts `autokey-api serve` on 127.0.0.1:`port` and waits until /readyz answers 200.
 pub async fn start_api(
     env: &Env,
@@ -463,7 +475,18 @@ pub async fn start_api(
         ("DATABASE_URL", db.url.clone()),
         ("PORT", port.to_string()),
         ("BIND_ADDR", "127.0.0.1".into()),
+        // The load generator pays through the simulated pay route.
+        ("SIMULATED_PAYMENTS", "true".into()),
     ];
+    // Rate limits raised so that the figures measure the service, not its limiter: the
+    // bench's few tokens (and wrk's anonymous /healthz) stand for many real clients. Every
+    // other setting (connections, timeouts, load shedding) keeps its default.
+    for (k, v) in API_BENCH_LIMITS {
+        vars.push((k, v.to_string()));
+    }
+    for (k, v) in &env.api_env {
+        vars.push((k.as_str(), v.clone()));
+    }
     vars.extend(secrets.env());
     let mut proc = spawn(env, "autokey-api", log, &["serve"], vars)?;
     let client = reqwest::Client::new();
@@ -575,7 +598,12 @@ pub async fn machine(db: &PgPool) -> serde_json::Value {
         .fetch_one(db)
         .await
         .unwrap_or_default();
-    serde_json::json!({ "cpus": cpus, "mem_mib": mem_mib, "postgres": pg })
+    // The machine may be shared: the load average at the time of recording says how much.
+    let loadavg = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    serde_json::json!({ "cpus": cpus, "mem_mib": mem_mib, "postgres": pg, "loadavg": loadavg })
 }
 
 fn git_head(root: &Path) -> String {
@@ -596,6 +624,8 @@ pub async fn record(env: &Env, db: &PgPool, scenario: &str, results: serde_json:
         "scenario": scenario,
         "git": git_head(&env.root),
         "machine": machine(db).await,
+        "database_settings": env.db_settings.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+        "api_env": env.api_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         "results": results,
     });
     let dir = env.root.join("bench-results");
@@ -616,4 +646,209 @@ pub fn last_recorded(env: &Env, scenario: &str) -> Option<serde_json::Value> {
         .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|v| v["scenario"] == scenario)
+}
+
+// ---------------------------------------------------------------- burn-down
+
+/// Starts `workers` worker processes on a database whose `ids` orders are PAID with
+/// their jobs queued, and waits until no order is PAID any more: orders/s overall and
+/// after the first fulfillment, then checks that each order got exactly one distinct key.
+pub async fn burn_down(
+    env: &Env,
+    db: &BenchDb,
+    secrets: &Secrets,
+    workers: usize,
+    ids: &[Uuid],
+    label: &str,
+    timeout: Duration,
+) -> Res<serde_json::Value> {
+    let total = ids.len() as i64;
+    let start = Instant::now();
+    let mut procs = Vec::new();
+    for i in 0..workers {
+        procs.push(start_worker(
+            env,
+            db,
+            secrets,
+            &format!("{label}-worker{i}"),
+        )?);
+    }
+    let mut first_done: Option<Duration> = None;
+    let mut first_done_count = 0i64;
+    let finished = loop {
+        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'PAID'")
+            .fetch_one(&db.pool)
+            .await?;
+        let done = total - waiting;
+        if first_done.is_none() && done > 0 {
+            first_done = Some(start.elapsed());
+            first_done_count = done;
+        }
+        if waiting == 0 {
+            break start.elapsed();
+        }
+        for w in procs.iter_mut() {
+            w.check_alive(env)?;
+        }
+        if start.elapsed() > timeout {
+            for w in procs {
+                w.kill().await;
+            }
+            return Err(err(format!(
+                "{label}: {waiting} of {total} orders still PAID after {timeout:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut peak_rss: f64 = 0.0;
+    for w in &procs {
+        if let Some((_, hwm)) = rss_mib(w.pid()) {
+            peak_rss = peak_rss.max(hwm);
+        }
+    }
+    for w in procs {
+        w.kill().await;
+    }
+    let (fulfilled, deliveries, distinct): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM orders WHERE id = ANY($1) AND status = 'FULFILLED'),
+                count(*), count(DISTINCT key_id)
+         FROM order_deliveries WHERE order_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_one(&db.pool)
+    .await?;
+    if fulfilled != total || deliveries != total || distinct != total {
+        return Err(err(format!(
+            "{label}: verification failed: {fulfilled} FULFILLED, {deliveries} deliveries, \
+             {distinct} distinct keys (expected {total})"
+        )));
+    }
+    let jobs: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, count(*) FROM apalis.jobs WHERE job_type = $1 GROUP BY status ORDER BY status",
+    )
+    .bind(FulfillOrder::QUEUE)
+    .fetch_all(&db.pool)
+    .await?;
+    let secs = finished.as_secs_f64();
+    let first = first_done.unwrap_or(finished);
+    let steady = if finished > first {
+        (total - first_done_count) as f64 / (finished - first).as_secs_f64()
+    } else {
+        f64::NAN
+    };
+    eprintln!(
+        "{label}: {total} orders fulfilled in {secs:.2} s = {:.0}/s",
+        total as f64 / secs
+    );
+    Ok(serde_json::json!({
+        "workers": workers,
+        "orders": total,
+        "seconds": secs,
+        "orders_per_s": total as f64 / secs,
+        "first_fulfilled_after_s": first.as_secs_f64(),
+        "steady_orders_per_s": steady,
+        "fulfilled": fulfilled,
+        "deliveries": deliveries,
+        "distinct_keys": distinct,
+        "jobs_by_status": jobs.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "worker_peak_rss_mib": peak_rss,
+    }))
+}
+
+// ---------------------------------------------------------------- CPU accounting
+
+/// CPU seconds (user + system) used so far by each of `pids` that still runs, summed.
+pub fn cpu_secs(pids: &[u32]) -> f64 {
+    let tick = 100.0; // USER_HZ on Linux
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|s| {
+            // Fields after the command name (which may hold spaces) in parentheses.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .sum::<f64>()
+        / tick
+}
+
+/// The server's processes (the postmaster's children: backends, WAL writer, checkpointer,
+/// autovacuum), when the server runs on this machine and its data directory is readable.
+pub async fn server_pids(db: &PgPool) -> Vec<u32> {
+    let Ok(dir) = sqlx::query_scalar::<_, String>("SELECT current_setting('data_directory')")
+        .fetch_one(db)
+        .await
+    else {
+        return Vec::new();
+    };
+    let Some(postmaster) = std::fs::read_to_string(format!("{dir}/postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+    else {
+        return Vec::new();
+    };
+    let mut pids = vec![postmaster];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let ppid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("PPid:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u32>().ok())
+            });
+        if ppid == Some(postmaster) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// CPU used during a phase by the api, the database server, the worker and the bench
+/// itself (the load generator), in ms per operation.
+pub struct CpuMeter {
+    groups: Vec<(&'static str, Vec<u32>, f64)>,
+}
+
+impl CpuMeter {
+    pub async fn start(db: &PgPool, api: u32, worker: Option<u32>) -> Self {
+        let mut groups = vec![
+            ("api", vec![api]),
+            ("postgres", server_pids(db).await),
+            ("generator", vec![std::process::id()]),
+        ];
+        if let Some(w) = worker {
+            groups.push(("worker", vec![w]));
+        }
+        CpuMeter {
+            groups: groups
+                .into_iter()
+                .map(|(n, p)| {
+                    let c = cpu_secs(&p);
+                    (n, p, c)
+                })
+                .collect(),
+        }
+    }
+
+    /// ms of CPU per operation for each group since `start`, and their sum.
+    pub fn per_op(&self, ops: u64) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        let mut total = 0.0;
+        for (name, pids, before) in &self.groups {
+            let ms = (cpu_secs(pids) - before) * 1000.0 / ops.max(1) as f64;
+            total += ms;
+            out.insert((*name).into(), ms.into());
+        }
+        out.insert("total".into(), total.into());
+        serde_json::Value::Object(out)
+    }
 }

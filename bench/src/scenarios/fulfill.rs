@@ -1,5 +1,7 @@
-//! `fulfill`: a backlog of PAID orders (quantity 1, over 10 pools), each with its
-//! FulfillOrder job, burnt down by N real worker processes; orders/s per N.
+//! `fulfill` (SQL-seeded + ANALYZE): a backlog of PAID orders (quantity 1, over 10 pools),
+//! each with its FulfillOrder job, written by bulk SQL and then analyzed, burnt down by N
+//! real worker processes; orders/s per N. An extra row next to `drain`, whose backlog is
+//! built through the API: this one shows what the same work costs with fresh statistics.
 
 use std::time::{Duration, Instant};
 
@@ -22,7 +24,7 @@ pub async fn run(env: &Env, cfg: &Cfg) -> Res<serde_json::Value> {
     let mut results = Vec::new();
     for &n in &cfg.workers {
         let db = BenchDb::create(env, 6).await?;
-        let r = one(env, &db, cfg, n).await;
+        let r = one(env, &db, cfg, POOLS, n).await;
         match r {
             Ok(v) => {
                 rows.push(vec![
@@ -47,7 +49,7 @@ pub async fn run(env: &Env, cfg: &Cfg) -> Res<serde_json::Value> {
     }
     print_table(
         &format!(
-            "fulfill: {} PAID orders backlog over {POOLS} pools, N worker processes (--concurrency 8)",
+            "fulfill (SQL-seeded + ANALYZE): {} PAID orders backlog over {POOLS} pools, N worker processes (--concurrency 8)",
             cfg.orders
         ),
         &[
@@ -72,17 +74,25 @@ pub async fn run(env: &Env, cfg: &Cfg) -> Res<serde_json::Value> {
     Ok(results)
 }
 
-async fn one(env: &Env, db: &BenchDb, cfg: &Cfg, n: usize) -> Res<serde_json::Value> {
+/// One SQL-seeded burn-down: `cfg.orders` PAID orders with their jobs over `pools`
+/// pools (bulk SQL, then VACUUM ANALYZE), `n` worker processes.
+pub async fn one(
+    env: &Env,
+    db: &BenchDb,
+    cfg: &Cfg,
+    pools: usize,
+    n: usize,
+) -> Res<serde_json::Value> {
     let secrets = Secrets::generate();
     let vault = secrets.vault();
-    let per_pool = cfg.orders.div_ceil(POOLS);
+    let per_pool = cfg.orders.div_ceil(pools);
     let t = Instant::now();
-    let shop = seed_shop(&db.pool, &vault, POOLS, per_pool + 500, DELIVERED_PER_POOL).await?;
+    let shop = seed_shop(&db.pool, &vault, pools, per_pool + 500, DELIVERED_PER_POOL).await?;
     let backlog = seed_orders(&db.pool, &shop, cfg.orders, true, true).await?;
     let ids: Vec<Uuid> = backlog.iter().map(|(o, _)| *o).collect();
     eprintln!(
         "fulfill N={n}: seeded {} keys and {} PAID orders with jobs in {:.1} s",
-        POOLS * (per_pool + 500 + DELIVERED_PER_POOL),
+        pools * (per_pool + 500 + DELIVERED_PER_POOL),
         cfg.orders,
         t.elapsed().as_secs_f64()
     );
@@ -96,7 +106,7 @@ async fn one(env: &Env, db: &BenchDb, cfg: &Cfg, n: usize) -> Res<serde_json::Va
         .map(|(o, _)| *o)
         .unwrap();
     let waits_before = explain(
-        env, db, &format!("fulfill-n{n}-older-order-waits"),
+        env, db, &format!("fulfill-{pools}p-n{n}-older-order-waits"),
         "SELECT EXISTS (
              SELECT 1 FROM orders o, orders me
              WHERE me.id = $2 AND o.pool_id = $1 AND o.status = 'PAID' AND o.backordered_at IS NOT NULL
@@ -106,118 +116,42 @@ async fn one(env: &Env, db: &BenchDb, cfg: &Cfg, n: usize) -> Res<serde_json::Va
     let claim_before = explain(
         env,
         db,
-        &format!("fulfill-n{n}-claim-before"),
+        &format!("fulfill-{pools}p-n{n}-claim-before"),
         CLAIM,
         shop.pools[0],
         None,
     )
     .await?;
 
-    let start = Instant::now();
-    let mut workers = Vec::new();
-    for i in 0..n {
-        workers.push(start_worker(
-            env,
-            db,
-            &secrets,
-            &format!("fulfill-n{n}-worker{i}"),
-        )?);
-    }
-    let total = cfg.orders as i64;
-    let mut first_done: Option<Duration> = None;
-    let mut first_done_count = 0i64;
-    let mut peak_rss: f64 = 0.0;
-    let finished = loop {
-        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'PAID'")
-            .fetch_one(&db.pool)
-            .await?;
-        let done = total - waiting;
-        if first_done.is_none() && done > 0 {
-            first_done = Some(start.elapsed());
-            first_done_count = done;
-        }
-        if waiting == 0 {
-            break start.elapsed();
-        }
-        for w in workers.iter_mut() {
-            w.check_alive(env)?;
-        }
-        if start.elapsed() > cfg.timeout {
-            for w in workers {
-                w.kill().await;
-            }
-            return Err(err(format!(
-                "fulfill N={n}: {waiting} of {total} orders still PAID after {:?}",
-                cfg.timeout
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    for w in &workers {
-        if let Some((_, hwm)) = rss_mib(w.pid()) {
-            peak_rss = peak_rss.max(hwm);
-        }
-    }
-    for w in workers {
-        w.kill().await;
-    }
-
-    let (fulfilled, deliveries, distinct): (i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM orders WHERE id = ANY($1) AND status = 'FULFILLED'),
-                count(*), count(DISTINCT key_id)
-         FROM order_deliveries WHERE order_id = ANY($1)",
+    let mut v = burn_down(
+        env,
+        db,
+        &secrets,
+        n,
+        &ids,
+        &format!("fulfill-{pools}p-n{n}"),
+        cfg.timeout,
     )
-    .bind(&ids)
-    .fetch_one(&db.pool)
     .await?;
-    let jobs: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT status, count(*) FROM apalis.jobs WHERE job_type = $1 GROUP BY status ORDER BY status",
-    )
-    .bind(<autokey_shared::jobs::FulfillOrder as autokey_shared::jobs::Job>::QUEUE)
-    .fetch_all(&db.pool)
-    .await?;
-    if fulfilled != total || deliveries != total || distinct != total {
-        return Err(err(format!(
-            "fulfill N={n}: verification failed: {fulfilled} FULFILLED, {deliveries} deliveries, {distinct} distinct keys (expected {total})"
-        )));
-    }
     // Right after the burn-down (no vacuum yet): the claim on a pool whose oldest keys
     // are now all delivered.
     let claim_after = explain(
         env,
         db,
-        &format!("fulfill-n{n}-claim-after"),
+        &format!("fulfill-{pools}p-n{n}-claim-after"),
         CLAIM,
         shop.pools[0],
         None,
     )
     .await?;
-    let secs = finished.as_secs_f64();
-    let first = first_done.unwrap_or(finished);
-    let steady = if finished > first {
-        (total - first_done_count) as f64 / (finished - first).as_secs_f64()
-    } else {
-        f64::NAN
-    };
-    eprintln!("fulfill N={n}: {total} orders in {secs:.2} s; jobs by status: {jobs:?}");
-    Ok(serde_json::json!({
-        "workers": n,
-        "concurrency_per_worker": 8,
-        "seconds": secs,
-        "orders_per_s": total as f64 / secs,
-        "first_fulfilled_after_s": first.as_secs_f64(),
-        "steady_orders_per_s": steady,
-        "fulfilled": fulfilled,
-        "deliveries": deliveries,
-        "distinct_keys": distinct,
-        "jobs_by_status": jobs.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
-        "worker_peak_rss_mib": peak_rss,
-        "explain": {
-            "claim_before": claim_before,
-            "claim_after_burn_down": claim_after,
-            "older_order_waits_before": waits_before,
-        },
-    }))
+    v["concurrency_per_worker"] = 8.into();
+    v["pools"] = pools.into();
+    v["explain"] = serde_json::json!({
+        "claim_before": claim_before,
+        "claim_after_burn_down": claim_after,
+        "older_order_waits_before": waits_before,
+    });
+    Ok(v)
 }
 
 /// worker/src/fulfillment.rs `claim_available`, quantity 1.

@@ -1,4 +1,4 @@
-//! `ingest`: 1M generated keys streamed as text/plain (chunked, from a generator: the
+//! `ingest`: on a pool created over HTTP, 1M generated keys streamed as text/plain (chunked, from a generator: the
 //! bench never holds the body) to POST /key-pools/:id/keys/upload; keys/s and the api's
 //! peak RSS.
 
@@ -38,19 +38,28 @@ async fn body(env: &Env, db: &BenchDb, keys: u64) -> Res<()> {
         return Ok(());
     }
     let secrets = Secrets::generate();
-    let (token, seller) = {
+    let token = {
         let mut conn = db.pool.acquire().await?;
-        let t = tokens::create_token(&mut conn, Role::Seller, None).await?;
-        (t.token, t.subject.unwrap())
+        tokens::create_token(&mut conn, Role::Seller, None)
+            .await?
+            .token
     };
-    let pool_id = Uuid::now_v7();
-    sqlx::query("INSERT INTO key_pools (id, seller_id, name) VALUES ($1, $2, 'ingest bench')")
-        .bind(pool_id)
-        .bind(seller)
-        .execute(&db.pool)
-        .await?;
     let port = free_port()?;
     let api = start_api(env, db, &secrets, port, "ingest-api").await?;
+    // The pool, created through the API like a seller would.
+    let pool: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/key-pools"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "name": "ingest bench" }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let pool_id: Uuid = pool["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| err(format!("POST /key-pools answered {pool}")))?;
     let pid = api.pid();
     let (idle_rss, _) = rss_mib(pid).unwrap_or_default();
 

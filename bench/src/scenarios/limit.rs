@@ -27,7 +27,7 @@ UPDATE bench_jobs SET done = true WHERE id = :job_id;
 COMMIT;
 "#;
 
-fn pgbench_path() -> Res<std::path::PathBuf> {
+pub fn pgbench_path() -> Res<std::path::PathBuf> {
     if let Ok(out) = std::process::Command::new("sh")
         .args(["-c", "command -v pgbench"])
         .output()

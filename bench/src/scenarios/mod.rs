@@ -1,6 +1,7 @@
+pub mod drain;
 pub mod footprint;
 pub mod fulfill;
+pub mod http;
 pub mod ingest;
-pub mod intake;
-pub mod latency;
 pub mod limit;
+pub mod steady;
