@@ -251,3 +251,17 @@ async fn over_long_headers_and_fields_are_4xx_never_500() {
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 }
+
+/// A token that cannot be checked because the database is unreachable is not an invalid
+/// token: 503 `unavailable` (retry), never a 401 that would make a client drop it.
+#[tokio::test]
+async fn an_unreachable_database_is_503_not_401_for_a_valid_token() {
+    let app = spawn_app().await;
+    let (token, _) = app.token(autokey_shared::model::Role::Seller, None).await;
+    // The api's own connections are gone (as in a database restart); this token was never
+    // seen, so the token cache cannot answer for it.
+    app.api_pool.close().await;
+    let r = app.get("/me", &token).await;
+    assert_eq!(r.status.as_u16(), 503, "{:?}", r.body);
+    assert_eq!(r.code(), "unavailable");
+}

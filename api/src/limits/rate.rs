@@ -91,12 +91,13 @@ impl RateLimits {
 /// Authenticates the request's token (if any) and applies its rate limit.
 pub async fn admit(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let principal = match auth::bearer(request.headers()) {
-        Some(token) => state
-            .tokens
-            .authenticate(&state.pool, token)
-            .await
-            .ok()
-            .flatten(),
+        // A token that cannot be checked (the database is unreachable) is not an invalid
+        // one: the caller gets 503 `unavailable` and retries, never a 401 that would make
+        // it drop a good token.
+        Some(token) => match state.tokens.authenticate(&state.pool, token).await {
+            Ok(principal) => principal,
+            Err(err) => return ApiError::from(err).into_response(),
+        },
         None => None,
     };
     let peer = request
