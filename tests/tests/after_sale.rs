@@ -30,7 +30,11 @@ async fn manual_offer(app: &TestApp, stock: i32) -> (String, Uuid) {
 
 async fn place(app: &TestApp, token: &str, offer: Uuid, quantity: i32) -> Value {
     let r = app
-        .post("/orders", token, json!({"offerId": offer, "quantity": quantity}))
+        .post(
+            "/orders",
+            token,
+            json!({"offerId": offer, "quantity": quantity}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     r.body
@@ -111,7 +115,11 @@ async fn fifty_concurrent_orders_on_a_manual_stock_of_ten_place_exactly_ten() {
         .find(|r| r.status == StatusCode::CREATED)
         .unwrap();
     let r = app
-        .post(&format!("/orders/{}/cancel", id_of(&one.body)), &store, json!(null))
+        .post(
+            &format!("/orders/{}/cancel", id_of(&one.body)),
+            &store,
+            json!(null),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(sellable(&app, &seller, offer).await, 1);
@@ -130,7 +138,11 @@ async fn a_paid_manual_order_waits_for_its_seller_who_delivers_it_once() {
     // Not paid yet: the seller cannot deliver.
     let keys = json!({"keys": ["MANUAL-AAAAA-1", "MANUAL-BBBBB-2"]});
     let r = app
-        .post(&format!("/seller/orders/{id}/deliver"), &seller, keys.clone())
+        .post(
+            &format!("/seller/orders/{id}/deliver"),
+            &seller,
+            keys.clone(),
+        )
         .await;
     assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "not_paid"));
 
@@ -158,7 +170,11 @@ async fn a_paid_manual_order_waits_for_its_seller_who_delivers_it_once() {
     let theirs = app.get("/seller/orders", &other).await;
     assert_eq!(theirs.body["items"], json!([]));
     let r = app
-        .post(&format!("/seller/orders/{id}/deliver"), &other, keys.clone())
+        .post(
+            &format!("/seller/orders/{id}/deliver"),
+            &other,
+            keys.clone(),
+        )
         .await;
     assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "not_found"));
 
@@ -169,7 +185,11 @@ async fn a_paid_manual_order_waits_for_its_seller_who_delivers_it_once() {
         json!({"keys": ["MANUAL-AAAAA-1", " MANUAL-AAAAA-1 "]}),
     ] {
         let r = app
-            .post(&format!("/seller/orders/{id}/deliver"), &seller, bad.clone())
+            .post(
+                &format!("/seller/orders/{id}/deliver"),
+                &seller,
+                bad.clone(),
+            )
             .await;
         assert_eq!(
             (r.status, r.code()),
@@ -178,7 +198,12 @@ async fn a_paid_manual_order_waits_for_its_seller_who_delivers_it_once() {
         );
     }
     assert_eq!(
-        scalar(&app, "SELECT count(*) FROM manual_keys WHERE order_id = $1", id).await,
+        scalar(
+            &app,
+            "SELECT count(*) FROM manual_keys WHERE order_id = $1",
+            id
+        )
+        .await,
         0
     );
 
@@ -194,25 +219,46 @@ async fn a_paid_manual_order_waits_for_its_seller_who_delivers_it_once() {
     );
     let mut statuses = [a.status, b.status];
     statuses.sort();
-    assert_eq!(statuses, [StatusCode::OK, StatusCode::CONFLICT], "{a:?} {b:?}");
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::CONFLICT],
+        "{a:?} {b:?}"
+    );
     let won = if a.status == StatusCode::OK { &a } else { &b };
     assert_eq!(won.body["status"], "FULFILLED");
-    assert!(won.body.get("keys").is_none(), "the seller never reads them back");
+    assert!(
+        won.body.get("keys").is_none(),
+        "the seller never reads them back"
+    );
     assert_eq!(
-        scalar(&app, "SELECT count(*) FROM manual_keys WHERE order_id = $1", id).await,
+        scalar(
+            &app,
+            "SELECT count(*) FROM manual_keys WHERE order_id = $1",
+            id
+        )
+        .await,
         2
     );
     // Stored sealed: no plaintext in the row.
-    let cts: Vec<Vec<u8>> = sqlx::query_scalar("SELECT ciphertext FROM manual_keys WHERE order_id = $1")
-        .bind(id)
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
-    assert!(cts.iter().all(|c| !String::from_utf8_lossy(c).contains("MANUAL-")));
+    let cts: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT ciphertext FROM manual_keys WHERE order_id = $1")
+            .bind(id)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert!(
+        cts.iter()
+            .all(|c| !String::from_utf8_lossy(c).contains("MANUAL-"))
+    );
     // Delivered units left the stock and the open orders: sellable is unchanged.
     assert_eq!(sellable(&app, &seller, offer).await, 3);
     assert_eq!(
-        scalar(&app, "SELECT stock_count::bigint FROM offers WHERE id = $1", offer).await,
+        scalar(
+            &app,
+            "SELECT stock_count::bigint FROM offers WHERE id = $1",
+            offer
+        )
+        .await,
         3
     );
 
@@ -233,7 +279,12 @@ async fn a_paid_manual_order_waits_for_its_seller_who_delivers_it_once() {
     );
     // The first read recorded each key's reveal; later reads show the same time.
     assert_eq!(
-        scalar(&app, "SELECT count(*) FROM manual_keys WHERE order_id = $1 AND revealed_at IS NOT NULL", id).await,
+        scalar(
+            &app,
+            "SELECT count(*) FROM manual_keys WHERE order_id = $1 AND revealed_at IS NOT NULL",
+            id
+        )
+        .await,
         2
     );
     let r = app
@@ -279,7 +330,10 @@ async fn a_paid_manual_order_waits_for_its_seller_who_delivers_it_once() {
             json!({"keys": [plain[0]]}),
         )
         .await;
-    assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "validation_failed"));
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::BAD_REQUEST, "validation_failed")
+    );
 
     // A refund of the delivered MANUAL order: it stays FULFILLED, refunded.
     assert_eq!(refund(&app, "rf-manual", id, 1998).await, "refunded");
@@ -291,7 +345,8 @@ async fn a_paid_manual_order_waits_for_its_seller_who_delivers_it_once() {
     let mut config = autokey_tests::test_worker_config();
     config.job_retention = Duration::ZERO;
     config.heartbeat = Duration::from_millis(1);
-    app.wait_for_job(second, "Done", Duration::from_secs(10)).await;
+    app.wait_for_job(second, "Done", Duration::from_secs(10))
+        .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     for _ in 0..3 {
         let sweep = autokey_worker::maintenance::run_once(&app.pool, &config)
@@ -308,7 +363,9 @@ async fn a_paid_manual_order_waits_for_its_seller_who_delivers_it_once() {
 async fn auto_key_offers_show_their_sellable_count() {
     let app = spawn_app().await;
     let shop = fixtures::shop(&app, 4).await;
-    let (seller, _) = app.token(autokey_shared::model::Role::Seller, Some(shop.seller_id)).await;
+    let (seller, _) = app
+        .token(autokey_shared::model::Role::Seller, Some(shop.seller_id))
+        .await;
     assert_eq!(sellable(&app, &seller, shop.offer_id).await, 4);
     assert_pool_invariant(&app).await;
 }
@@ -322,7 +379,12 @@ fn refund_event(order: Uuid, amount: i64) -> String {
 async fn refund(app: &TestApp, webhook_id: &str, order: Uuid, amount: i64) -> String {
     let now = chrono::Utc::now().timestamp();
     let r = app
-        .webhook(webhook_id, now, &refund_event(order, amount), WEBHOOK_SECRET)
+        .webhook(
+            webhook_id,
+            now,
+            &refund_event(order, amount),
+            WEBHOOK_SECRET,
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     r.body["outcome"].as_str().unwrap().to_owned()
@@ -366,7 +428,12 @@ async fn a_refund_cancels_a_paid_order_and_its_reserved_keys_go_back() {
     // Unsigned: refused, nothing written.
     let body = refund_event(three, 2997);
     let r = app
-        .webhook("rf-bad", chrono::Utc::now().timestamp(), &body, b"wrong-secret")
+        .webhook(
+            "rf-bad",
+            chrono::Utc::now().timestamp(),
+            &body,
+            b"wrong-secret",
+        )
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(refund(&app, "rf-pending", three, 2997).await, "not_paid");
@@ -374,7 +441,12 @@ async fn a_refund_cancels_a_paid_order_and_its_reserved_keys_go_back() {
         "paymentId": "p3", "amountCents": 2997, "currency": "EUR"}})
     .to_string();
     let r = app
-        .webhook("pay-3", chrono::Utc::now().timestamp(), &pay_body, WEBHOOK_SECRET)
+        .webhook(
+            "pay-3",
+            chrono::Utc::now().timestamp(),
+            &pay_body,
+            WEBHOOK_SECRET,
+        )
         .await;
     assert_eq!(r.body["outcome"], "applied");
     // It keeps the one key it could reserve and waits.
@@ -397,10 +469,18 @@ async fn a_refund_cancels_a_paid_order_and_its_reserved_keys_go_back() {
     assert_eq!(status, "CANCELED");
     assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (1, 0, 0));
     assert_eq!(
-        scalar(&app, "SELECT count(*) FROM events WHERE order_id = $1 AND type = 'order.canceled'", three).await,
+        scalar(
+            &app,
+            "SELECT count(*) FROM events WHERE order_id = $1 AND type = 'order.canceled'",
+            three
+        )
+        .await,
         1
     );
-    assert_eq!(refund(&app, "rf-3-again", three, 2997).await, "order_canceled");
+    assert_eq!(
+        refund(&app, "rf-3-again", three, 2997).await,
+        "order_canceled"
+    );
     assert_pool_invariant(&app).await;
     worker.stop().await.expect("worker stops");
 }
@@ -413,7 +493,8 @@ async fn a_refunded_fulfilled_order_gives_its_unrevealed_keys_back_to_be_sold_ag
     let (buyer, _) = app.buyer().await;
     let id = id_of(&place(&app, &buyer, shop.offer_id, 2).await);
     pay(&app, &buyer, id).await;
-    app.wait_for_status(id, "FULFILLED", Duration::from_secs(10)).await;
+    app.wait_for_status(id, "FULFILLED", Duration::from_secs(10))
+        .await;
     assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (0, 0, 2));
 
     assert_eq!(refund(&app, "rf-a", id, 999).await, "amount_mismatch");
@@ -436,7 +517,11 @@ async fn a_refunded_fulfilled_order_gives_its_unrevealed_keys_back_to_be_sold_ag
     let again = id_of(&place(&app, &buyer, shop.offer_id, 2).await);
     pay(&app, &buyer, again).await;
     let r = app
-        .post(&format!("/orders/{again}/fulfill?wait=10"), &buyer, json!(null))
+        .post(
+            &format!("/orders/{again}/fulfill?wait=10"),
+            &buyer,
+            json!(null),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["keys"].as_array().unwrap().len(), 2);
@@ -458,14 +543,10 @@ async fn a_refund_racing_the_worker_either_cancels_or_takes_the_keys_back() {
     }
     // The worker starts as the refunds arrive.
     let worker = app.start_worker();
-    let outcomes = futures::future::join_all(
-        ids.iter()
-            .enumerate()
-            .map(|(i, id)| {
-                let app = &app;
-                async move { refund(app, &format!("race-{i}"), *id, 1998).await }
-            }),
-    )
+    let outcomes = futures::future::join_all(ids.iter().enumerate().map(|(i, id)| {
+        let app = &app;
+        async move { refund(app, &format!("race-{i}"), *id, 1998).await }
+    }))
     .await;
     assert!(outcomes.iter().all(|o| o == "refunded"), "{outcomes:?}");
     for id in &ids {
@@ -511,7 +592,8 @@ async fn the_first_reveal_is_recorded_with_its_audit_row_and_decides_what_a_refu
     for _ in 0..3 {
         let id = id_of(&place(&app, &buyer, shop.offer_id, 1).await);
         pay(&app, &buyer, id).await;
-        app.wait_for_status(id, "FULFILLED", Duration::from_secs(10)).await;
+        app.wait_for_status(id, "FULFILLED", Duration::from_secs(10))
+            .await;
         ids.push(id);
     }
     let (read, fulfilled, untouched) = (ids[0], ids[1], ids[2]);
@@ -527,10 +609,16 @@ async fn the_first_reveal_is_recorded_with_its_audit_row_and_decides_what_a_refu
             .unwrap()
         }
     };
-    assert!(revealed(read).await.is_none(), "delivery alone reveals nothing");
+    assert!(
+        revealed(read).await.is_none(),
+        "delivery alone reveals nothing"
+    );
 
     let first = app.get(&format!("/orders/{read}"), &buyer).await;
-    let at = first.body["keys"][0]["revealedAt"].as_str().unwrap().to_owned();
+    let at = first.body["keys"][0]["revealedAt"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let stored = revealed(read).await.expect("recorded");
     assert_eq!(
         chrono::DateTime::parse_from_rfc3339(&at).unwrap(),
@@ -539,7 +627,11 @@ async fn the_first_reveal_is_recorded_with_its_audit_row_and_decides_what_a_refu
     );
     let again = app.get(&format!("/orders/{read}"), &buyer).await;
     assert_eq!(again.body["keys"][0]["revealedAt"], at.as_str());
-    assert_eq!(revealed(read).await, Some(stored), "only the first reveal counts");
+    assert_eq!(
+        revealed(read).await,
+        Some(stored),
+        "only the first reveal counts"
+    );
     // Each read has its audit row, the first one saying it revealed the key.
     let reveals: Vec<i64> = sqlx::query_scalar(
         "SELECT (details->>'firstReveals')::bigint FROM audit_log
@@ -608,7 +700,10 @@ async fn the_first_reveal_is_recorded_with_its_audit_row_and_decides_what_a_refu
     assert!(!all.is_empty());
     for data in &all {
         let text = data.to_string();
-        assert!(plaintexts.iter().all(|p| !text.contains(p.as_str())), "{text}");
+        assert!(
+            plaintexts.iter().all(|p| !text.contains(p.as_str())),
+            "{text}"
+        );
     }
     assert_pool_invariant(&app).await;
     worker.stop().await.expect("worker stops");
@@ -629,7 +724,11 @@ async fn fulfilled_order(
     let id = id_of(&place(app, &buyer, shop.offer_id, quantity).await);
     pay(app, &buyer, id).await;
     let r = app
-        .post(&format!("/orders/{id}/fulfill?wait=10"), &buyer, json!(null))
+        .post(
+            &format!("/orders/{id}/fulfill?wait=10"),
+            &buyer,
+            json!(null),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let key_ids = r.body["keys"]
@@ -666,13 +765,21 @@ async fn replacement_of(app: &TestApp, report: Uuid) -> Uuid {
         if let Some(k) = r {
             return k;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no replacement for {report}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no replacement for {report}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
 async fn deliveries(app: &TestApp, order: Uuid) -> i64 {
-    scalar(app, "SELECT count(*) FROM order_deliveries WHERE order_id = $1", order).await
+    scalar(
+        app,
+        "SELECT count(*) FROM order_deliveries WHERE order_id = $1",
+        order,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -686,11 +793,19 @@ async fn two_approvals_at_once_give_one_replacement_shown_in_the_order() {
     // A key of someone else's order, or a second live report, is refused.
     let (stranger, _) = app.buyer().await;
     let r = app
-        .post(&format!("/orders/{id}/keys/{}/report", keys[0]), &stranger, json!({"reason": "x"}))
+        .post(
+            &format!("/orders/{id}/keys/{}/report", keys[0]),
+            &stranger,
+            json!({"reason": "x"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     let r = app
-        .post(&format!("/orders/{id}/keys/{}/report", keys[0]), &buyer, json!({"reason": "again"}))
+        .post(
+            &format!("/orders/{id}/keys/{}/report", keys[0]),
+            &buyer,
+            json!({"reason": "again"}),
+        )
         .await;
     assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "conflict"));
 
@@ -701,7 +816,11 @@ async fn two_approvals_at_once_give_one_replacement_shown_in_the_order() {
     let theirs = app.get("/seller/key-reports", &other_seller).await;
     assert_eq!(theirs.body["items"], json!([]));
     let r = app
-        .post(&format!("/seller/key-reports/{report_id}/approve"), &other_seller, json!(null))
+        .post(
+            &format!("/seller/key-reports/{report_id}/approve"),
+            &other_seller,
+            json!(null),
+        )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 
@@ -714,40 +833,66 @@ async fn two_approvals_at_once_give_one_replacement_shown_in_the_order() {
         app.post(&path, &seller, json!(null)),
         app.post(&path, &second, json!(null))
     );
-    assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK), "{a:?} {b:?}");
+    assert_eq!(
+        (a.status, b.status),
+        (StatusCode::OK, StatusCode::OK),
+        "{a:?} {b:?}"
+    );
     assert_eq!(a.body["status"], "approved");
     let new_key = replacement_of(&app, report_id).await;
     // Approving again later changes nothing either.
     let r = app.post(&path, &seller, json!(null)).await;
     assert_eq!(r.status, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(deliveries(&app, id).await, 3, "two keys and one replacement");
+    assert_eq!(
+        deliveries(&app, id).await,
+        3,
+        "two keys and one replacement"
+    );
     assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (2, 0, 2));
 
     // The order shows the replacement and marks the replaced key.
     let got = app.get(&format!("/orders/{id}"), &buyer).await;
     let shown = got.body["keys"].as_array().unwrap();
     assert_eq!(shown.len(), 3, "{:?}", got.body);
-    let old = shown.iter().find(|k| k["id"] == keys[0].to_string()).unwrap();
+    let old = shown
+        .iter()
+        .find(|k| k["id"] == keys[0].to_string())
+        .unwrap();
     assert_eq!(old["replacedBy"], new_key.to_string());
-    let new = shown.iter().find(|k| k["id"] == new_key.to_string()).unwrap();
+    let new = shown
+        .iter()
+        .find(|k| k["id"] == new_key.to_string())
+        .unwrap();
     assert_eq!(new["replaces"], keys[0].to_string());
     assert!(new["key"].as_str().unwrap().starts_with("KEY-"));
     let seller_keys = app
-        .get(&format!("/key-pools/{}/keys?status=INVALID", shop.pool_id), &seller)
+        .get(
+            &format!("/key-pools/{}/keys?status=INVALID", shop.pool_id),
+            &seller,
+        )
         .await;
     assert_eq!(seller_keys.body["items"][0]["invalidReason"], "replaced");
 
     // Reject: another report on the other key; rejecting twice is fine, approving is not.
     let second_report = id_of(&report(&app, &buyer, id, keys[1]).await);
     let reject = format!("/seller/key-reports/{second_report}/reject");
-    let r = app.post(&reject, &seller, json!({"note": "works for us"})).await;
-    assert_eq!((r.status, r.body["status"].as_str()), (StatusCode::OK, Some("rejected")));
+    let r = app
+        .post(&reject, &seller, json!({"note": "works for us"}))
+        .await;
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (StatusCode::OK, Some("rejected"))
+    );
     assert_eq!(r.body["note"], "works for us");
     let r = app.post(&reject, &seller, json!({})).await;
     assert_eq!(r.status, StatusCode::OK);
     let r = app
-        .post(&format!("/seller/key-reports/{second_report}/approve"), &seller, json!(null))
+        .post(
+            &format!("/seller/key-reports/{second_report}/approve"),
+            &seller,
+            json!(null),
+        )
         .await;
     assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "conflict"));
     assert_eq!(deliveries(&app, id).await, 3);
@@ -782,14 +927,25 @@ async fn a_replacement_waits_for_stock_and_races_an_upload_once() {
     // The pool is empty now: the next approved replacement waits, then an upload serves it.
     let second = id_of(&report(&app, &buyer, id, new_key).await);
     let r = app
-        .post(&format!("/seller/key-reports/{second}/approve"), &seller, json!(null))
+        .post(
+            &format!("/seller/key-reports/{second}/approve"),
+            &seller,
+            json!(null),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(deliveries(&app, id).await, 2, "nothing to give yet");
-    let r = app.get("/seller/key-reports?status=approved", &seller).await;
-    assert!(r.body["items"].as_array().unwrap().iter().any(|i| i["id"] == second.to_string()
-        && i.get("replacementKeyId").is_none()));
+    let r = app
+        .get("/seller/key-reports?status=approved", &seller)
+        .await;
+    assert!(
+        r.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["id"] == second.to_string() && i.get("replacementKeyId").is_none())
+    );
     fixtures::add_keys(&app, shop.pool_id, 2).await;
     replacement_of(&app, second).await;
     assert_eq!(deliveries(&app, id).await, 3);
@@ -813,7 +969,10 @@ async fn a_pool_may_replace_automatically_up_to_its_limit_per_order() {
     assert_eq!(first["status"], "approved", "{first:?}");
     replacement_of(&app, id_of(&first)).await;
     let second = report(&app, &buyer, id, keys[1]).await;
-    assert_eq!(second["status"], "open", "over the limit: the seller decides");
+    assert_eq!(
+        second["status"], "open",
+        "over the limit: the seller decides"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(deliveries(&app, id).await, 3);
     assert_pool_invariant(&app).await;

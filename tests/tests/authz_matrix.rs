@@ -39,13 +39,9 @@ fn access(operation_id: &str) -> Access {
         "createPool" | "listPools" | "getPool" | "uploadKeys" | "listKeys" | "invalidateKey"
         | "saveDraft" | "publishOffer" | "setOfferStatus" | "listSellerOffers"
         | "listSellerOrders" | "deliverManualOrder" | "listKeyReports" | "approveKeyReport"
-        | "rejectKeyReport" => {
-            Access::Roles(SELLER)
-        }
+        | "rejectKeyReport" => Access::Roles(SELLER),
         "createOrder" | "listOrders" | "getOrder" | "payOrder" | "cancelOrder" | "fulfillOrder"
-        | "reportKey" => {
-            Access::Roles(BUYER_SIDE)
-        }
+        | "reportKey" => Access::Roles(BUYER_SIDE),
         "createWebhookEndpoint"
         | "listWebhookEndpoints"
         | "deleteWebhookEndpoint"
@@ -53,9 +49,9 @@ fn access(operation_id: &str) -> Access {
         | "listWebhookDeliveries" => Access::Roles(SUBSCRIBERS),
         "listEvents" => Access::Roles(EVENT_READERS),
         "listOwnAudit" => Access::Roles(SELLER),
-        "listSellers" | "adminGetPool" | "adminListKeys" | "adminInvalidateKey" | "adminGetOrder"
-        | "revokeToken" | "listDeadJobs" | "retryDeadJobs" | "startReencryption"
-        | "getReencryption" | "listAudit" => Access::Roles(ADMIN),
+        "listSellers" | "adminGetPool" | "adminListKeys" | "adminInvalidateKey"
+        | "adminGetOrder" | "revokeToken" | "listDeadJobs" | "retryDeadJobs"
+        | "startReencryption" | "getReencryption" | "listAudit" => Access::Roles(ADMIN),
         other => panic!("{other}: classify this operation's access in authz_matrix.rs"),
     }
 }

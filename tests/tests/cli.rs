@@ -412,7 +412,10 @@ async fn keys_reencrypt_moves_every_key_to_the_current_encryption_key() {
         .unwrap();
     let why = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success());
-    assert!(why.contains("\"old\"") && why.contains("ENCRYPTION_KEYS_RETIRED"), "{why}");
+    assert!(
+        why.contains("\"old\"") && why.contains("ENCRYPTION_KEYS_RETIRED"),
+        "{why}"
+    );
     let out = cmd("autokey-api", &env)
         .args(["keys", "reencrypt", "--batch", "700"])
         .output()
@@ -425,7 +428,10 @@ async fn keys_reencrypt_moves_every_key_to_the_current_encryption_key() {
         assert!(!err.contains(secret.as_str()), "a secret leaked: {err}");
     }
     assert_eq!(
-        rotation::progress(&mut conn, "new").await.unwrap().remaining(),
+        rotation::progress(&mut conn, "new")
+            .await
+            .unwrap()
+            .remaining(),
         0
     );
     let new = Vault::new(
@@ -502,7 +508,8 @@ async fn keys_export_and_import_round_trip_100k_keys_through_an_age_file() {
     .unwrap();
 
     let identity = age::x25519::Identity::generate();
-    let dir = std::env::temp_dir().join(format!("autokey-backup-{}", uuid::Uuid::new_v4().simple()));
+    let dir =
+        std::env::temp_dir().join(format!("autokey-backup-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let (backup, id_file) = (dir.join("keys.age"), dir.join("identity.txt"));
     std::fs::write(&id_file, identity.to_string().expose_secret()).unwrap();
@@ -514,7 +521,13 @@ async fn keys_export_and_import_round_trip_100k_keys_through_an_age_file() {
     ];
     let started = Instant::now();
     let out = cmd("autokey-api", &env)
-        .args(["keys", "export", "--pool", &shop.pool_id.to_string(), "--recipient"])
+        .args([
+            "keys",
+            "export",
+            "--pool",
+            &shop.pool_id.to_string(),
+            "--recipient",
+        ])
         .arg(identity.to_public().to_string())
         .arg("--output")
         .arg(&backup)
@@ -541,11 +554,12 @@ async fn keys_export_and_import_round_trip_100k_keys_through_an_age_file() {
 
     // Restore into a fresh database: every AVAILABLE key comes back, sealed, sellable.
     let (other_db, other_pool) = db::fresh_database().await;
-    let seller: uuid::Uuid = sqlx::query_scalar("INSERT INTO sellers (id) VALUES ($1) RETURNING id")
-        .bind(uuid::Uuid::now_v7())
-        .fetch_one(&other_pool)
-        .await
-        .unwrap();
+    let seller: uuid::Uuid =
+        sqlx::query_scalar("INSERT INTO sellers (id) VALUES ($1) RETURNING id")
+            .bind(uuid::Uuid::now_v7())
+            .fetch_one(&other_pool)
+            .await
+            .unwrap();
     let mut other_conn = other_pool.acquire().await.unwrap();
     let target = store::pools::create(&mut other_conn, seller, "restored", 0)
         .await
@@ -573,12 +587,11 @@ async fn keys_export_and_import_round_trip_100k_keys_through_an_age_file() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("imported 99999 keys"), "{err}");
     assert!(err.contains("1 skipped"), "{err}");
-    let rows: Vec<(uuid::Uuid, uuid::Uuid, Vec<u8>, Vec<u8>, String, String)> = sqlx::query_as(
-        "SELECT id, pool_id, ciphertext, nonce, enc_key_id, status FROM keys",
-    )
-    .fetch_all(&other_pool)
-    .await
-    .unwrap();
+    let rows: Vec<(uuid::Uuid, uuid::Uuid, Vec<u8>, Vec<u8>, String, String)> =
+        sqlx::query_as("SELECT id, pool_id, ciphertext, nonce, enc_key_id, status FROM keys")
+            .fetch_all(&other_pool)
+            .await
+            .unwrap();
     assert_eq!(rows.len(), 99_999);
     let mut restored: Vec<String> = rows
         .into_iter()
@@ -595,10 +608,19 @@ async fn keys_export_and_import_round_trip_100k_keys_through_an_age_file() {
     let again = import(&other_url);
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "{err}");
-    assert!(err.contains("imported 0 keys") && err.contains("99999 already stored"), "{err}");
+    assert!(
+        err.contains("imported 0 keys") && err.contains("99999 already stored"),
+        "{err}"
+    );
     // A wrong identity cannot read it.
     let stranger = dir.join("stranger.txt");
-    std::fs::write(&stranger, age::x25519::Identity::generate().to_string().expose_secret()).unwrap();
+    std::fs::write(
+        &stranger,
+        age::x25519::Identity::generate()
+            .to_string()
+            .expose_secret(),
+    )
+    .unwrap();
     let denied = cmd("autokey-api", &env)
         .args(["keys", "import"])
         .arg(&backup)

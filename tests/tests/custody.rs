@@ -44,9 +44,13 @@ struct Shop {
 /// A seller with one pool of `n` uploaded keys (text/plain) behind a published offer.
 async fn shop(app: &TestApp, n: usize) -> Shop {
     let (seller, _) = app.token(Role::Seller, None).await;
-    let pool = app.post("/key-pools", &seller, json!({"name": "custody"})).await;
+    let pool = app
+        .post("/key-pools", &seller, json!({"name": "custody"}))
+        .await;
     let pool: Uuid = serde_json::from_value(pool.body["id"].clone()).unwrap();
-    let keys: Vec<String> = (0..n).map(|i| format!("CUSTODY-{i:05}-{}", Uuid::new_v4())).collect();
+    let keys: Vec<String> = (0..n)
+        .map(|i| format!("CUSTODY-{i:05}-{}", Uuid::new_v4()))
+        .collect();
     let up = app
         .post_raw(
             &format!("/key-pools/{pool}/keys/upload"),
@@ -109,8 +113,9 @@ async fn open_all(app: &TestApp, vault: &Vault) -> Vec<(Uuid, String, String, St
     .unwrap();
     rows.into_iter()
         .map(|(id, pool, c, n, enc, status)| {
-            let key = autokey_shared::store::keys::SealedKey::from_parts(id, pool, c, n, enc.clone())
-                .unwrap();
+            let key =
+                autokey_shared::store::keys::SealedKey::from_parts(id, pool, c, n, enc.clone())
+                    .unwrap();
             let plain = vault
                 .open(id, pool, &key.sealed)
                 .unwrap_or_else(|e| panic!("key {id} under {enc} does not open: {e}"));
@@ -180,10 +185,21 @@ async fn rotating_twice_under_concurrent_orders_keeps_every_key_readable() {
     .await
     .unwrap();
     assert!(moved_to_k2 >= 1501, "moved {moved_to_k2}");
-    assert!(batches.into_inner() >= 15, "small batches, each its own commit");
+    assert!(
+        batches.into_inner() >= 15,
+        "small batches, each its own commit"
+    );
     let mut conn = app.pool.acquire().await.unwrap();
-    assert_eq!(rotation::progress(&mut conn, "k2").await.unwrap().remaining(), 0);
-    let moved_to_k3 = rotation::reencrypt_all(&app.pool, &v3, 100, |_| {}).await.unwrap();
+    assert_eq!(
+        rotation::progress(&mut conn, "k2")
+            .await
+            .unwrap()
+            .remaining(),
+        0
+    );
+    let moved_to_k3 = rotation::reencrypt_all(&app.pool, &v3, 100, |_| {})
+        .await
+        .unwrap();
     assert!(moved_to_k3 >= 1501, "moved {moved_to_k3}");
     let orders = orders.await.unwrap();
     assert_eq!(orders.len(), 200);
@@ -200,7 +216,10 @@ async fn rotating_twice_under_concurrent_orders_keeps_every_key_readable() {
     let plain: HashSet<&str> = opened.iter().map(|(_, p, _, _)| p.as_str()).collect();
     let uploaded: HashSet<&str> = shop.keys.iter().map(String::as_str).collect();
     assert_eq!(plain, uploaded);
-    let delivered = opened.iter().filter(|(_, _, s, _)| s == "DELIVERED").count();
+    let delivered = opened
+        .iter()
+        .filter(|(_, _, s, _)| s == "DELIVERED")
+        .count();
     assert_eq!(delivered, 200);
     let fingerprints_after: Vec<Vec<u8>> =
         sqlx::query_scalar("SELECT fingerprint FROM keys ORDER BY id")
@@ -217,11 +236,10 @@ async fn rotating_twice_under_concurrent_orders_keeps_every_key_readable() {
     .unwrap();
     assert_eq!(distinct, 200, "200 orders, 200 distinct keys");
     pool_counts_hold(&app, shop.pool, 1500).await;
-    let secret_key: String =
-        sqlx::query_scalar("SELECT secret_key_id FROM webhook_endpoints")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let secret_key: String = sqlx::query_scalar("SELECT secret_key_id FROM webhook_endpoints")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(secret_key, "k3");
 
     // An api configured with k3 alone serves the delivered keys.
@@ -229,7 +247,11 @@ async fn rotating_twice_under_concurrent_orders_keeps_every_key_readable() {
     let (store, _) = app.token(Role::Storefront, None).await;
     let fresh = order_and_pay(&after, &store, &shop.offer, 1).await[0];
     let read = after
-        .post(&format!("/orders/{fresh}/fulfill?wait=20"), &store, json!({}))
+        .post(
+            &format!("/orders/{fresh}/fulfill?wait=20"),
+            &store,
+            json!({}),
+        )
         .await;
     assert_eq!(read.body["status"], "FULFILLED", "{:?}", read.body);
     let key = read.body["keys"][0]["key"].as_str().unwrap();
@@ -283,7 +305,12 @@ async fn an_admin_rotation_runs_as_a_worker_job_and_reports_progress() {
     let trail = app
         .get("/admin/audit?action=keys.reencrypt_requested", &admin)
         .await;
-    assert_eq!(trail.body["items"].as_array().unwrap().len(), 1, "{:?}", trail.body);
+    assert_eq!(
+        trail.body["items"].as_array().unwrap().len(),
+        1,
+        "{:?}",
+        trail.body
+    );
     pool_counts_hold(&app, shop.pool, 300).await;
     worker.stop().await.unwrap();
 }
@@ -302,7 +329,10 @@ async fn the_audit_trail_is_append_only() {
             .execute(&app.pool)
             .await
             .expect_err(statement);
-        assert!(err.to_string().contains("append-only"), "{statement}: {err}");
+        assert!(
+            err.to_string().contains("append-only"),
+            "{statement}: {err}"
+        );
     }
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log")
         .fetch_one(&app.pool)
@@ -322,14 +352,25 @@ async fn admins_read_the_whole_trail_filtered_and_sellers_their_own() {
     let (store, _) = app.token(Role::Storefront, None).await;
     let order = order_and_pay(&app, &store, &a.offer, 1).await[0];
     let read = app
-        .post(&format!("/orders/{order}/fulfill?wait=20"), &store, json!({}))
+        .post(
+            &format!("/orders/{order}/fulfill?wait=20"),
+            &store,
+            json!({}),
+        )
         .await;
     assert_eq!(read.body["status"], "FULFILLED");
     let plaintext = read.body["keys"][0]["key"].as_str().unwrap().to_owned();
     let available = app
-        .get(&format!("/key-pools/{}/keys?status=AVAILABLE", a.pool), &a.seller)
+        .get(
+            &format!("/key-pools/{}/keys?status=AVAILABLE", a.pool),
+            &a.seller,
+        )
         .await;
-    let key: Uuid = available.body["items"][0]["id"].as_str().unwrap().parse().unwrap();
+    let key: Uuid = available.body["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let gone = app
         .call(
             reqwest::Method::DELETE,
@@ -340,13 +381,23 @@ async fn admins_read_the_whole_trail_filtered_and_sellers_their_own() {
         .await;
     assert_eq!(gone.status.as_u16(), 200);
     let mut conn = app.pool.acquire().await.unwrap();
-    let victim = tokens::create_token(&mut conn, Role::Buyer, None).await.unwrap();
+    let victim = tokens::create_token(&mut conn, Role::Buyer, None)
+        .await
+        .unwrap();
     let revoked = app
-        .post(&format!("/admin/tokens/{}/revoke", victim.id), &admin, json!({}))
+        .post(
+            &format!("/admin/tokens/{}/revoke", victim.id),
+            &admin,
+            json!({}),
+        )
         .await;
     assert_eq!(revoked.status.as_u16(), 200, "{:?}", revoked.body);
     let twice = app
-        .post(&format!("/admin/tokens/{}/revoke", victim.id), &admin, json!({}))
+        .post(
+            &format!("/admin/tokens/{}/revoke", victim.id),
+            &admin,
+            json!({}),
+        )
         .await;
     assert_eq!(twice.status.as_u16(), 404);
 
@@ -363,26 +414,47 @@ async fn admins_read_the_whole_trail_filtered_and_sellers_their_own() {
     let text = all.body.to_string();
     assert!(!text.contains(&plaintext), "an audit row carries a key");
     let seen = actions(&all.body);
-    for want in ["keys.uploaded", "order.keys_read", "key.invalidated", "token.revoked"] {
-        assert!(seen.iter().any(|a| a == want), "{want} missing from {seen:?}");
+    for want in [
+        "keys.uploaded",
+        "order.keys_read",
+        "key.invalidated",
+        "token.revoked",
+    ] {
+        assert!(
+            seen.iter().any(|a| a == want),
+            "{want} missing from {seen:?}"
+        );
     }
     // Newest first.
-    let ids: Vec<i64> = all.body["items"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    let ids: Vec<i64> = all.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
     assert!(ids.windows(2).all(|w| w[0] > w[1]), "{ids:?}");
 
     let uploads = app.get("/admin/audit?action=keys.uploaded", &admin).await;
     assert_eq!(actions(&uploads.body), ["keys.uploaded", "keys.uploaded"]);
-    let about_key = app.get(&format!("/admin/audit?objectId={key}"), &admin).await;
+    let about_key = app
+        .get(&format!("/admin/audit?objectId={key}"), &admin)
+        .await;
     assert_eq!(actions(&about_key.body), ["key.invalidated"]);
-    let about_order = app.get(&format!("/admin/audit?objectId={order}"), &admin).await;
+    let about_order = app
+        .get(&format!("/admin/audit?objectId={order}"), &admin)
+        .await;
     assert!(actions(&about_order.body).contains(&"order.keys_read".to_owned()));
     let by_token = app
         .get(&format!("/admin/audit?objectId={}", victim.id), &admin)
         .await;
     assert_eq!(actions(&by_token.body), ["token.revoked"]);
-    let future = app.get("/admin/audit?from=2999-01-01T00:00:00Z", &admin).await;
+    let future = app
+        .get("/admin/audit?from=2999-01-01T00:00:00Z", &admin)
+        .await;
     assert_eq!(future.body["items"], json!([]));
-    let past = app.get("/admin/audit?to=2000-01-01T00:00:00Z", &admin).await;
+    let past = app
+        .get("/admin/audit?to=2000-01-01T00:00:00Z", &admin)
+        .await;
     assert_eq!(past.body["items"], json!([]));
 
     // Cursor pagination walks the same rows, one at a time.
@@ -392,7 +464,13 @@ async fn admins_read_the_whole_trail_filtered_and_sellers_their_own() {
         let page = app
             .get(&format!("/admin/audit?limit=1&cursor={cursor}"), &admin)
             .await;
-        walked.extend(page.body["items"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()));
+        walked.extend(
+            page.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_i64().unwrap()),
+        );
         match page.body["nextCursor"].as_str() {
             Some(c) => cursor = c.to_owned(),
             None => break,
@@ -412,7 +490,10 @@ async fn admins_read_the_whole_trail_filtered_and_sellers_their_own() {
     let own_b = app.get("/audit", &b.seller).await;
     assert!(!own_b.body.to_string().contains(&a.pool.to_string()));
     assert!(own_b.body.to_string().contains(&b.pool.to_string()));
-    assert_eq!(app.get("/admin/audit", &a.seller).await.status.as_u16(), 403);
+    assert_eq!(
+        app.get("/admin/audit", &a.seller).await.status.as_u16(),
+        403
+    );
     assert_eq!(app.get("/audit", &store).await.status.as_u16(), 403);
     worker.stop().await.unwrap();
 }
@@ -428,16 +509,23 @@ async fn admins_see_every_seller_and_manage_keys_tokens_and_dead_jobs() {
     assert_eq!(sellers.status.as_u16(), 200, "{:?}", sellers.body);
     let items = sellers.body["items"].as_array().unwrap();
     assert_eq!(items.len(), 2);
-    let totals: HashSet<i64> = items.iter().map(|s| s["totalKeys"].as_i64().unwrap()).collect();
+    let totals: HashSet<i64> = items
+        .iter()
+        .map(|s| s["totalKeys"].as_i64().unwrap())
+        .collect();
     assert_eq!(totals, HashSet::from([4, 2]));
     assert!(items.iter().all(|s| s["pools"] == 1));
     let page = app.get("/admin/sellers?limit=1", &admin).await;
     assert_eq!(page.body["items"].as_array().unwrap().len(), 1);
     assert!(page.body["nextCursor"].is_string());
 
-    let pool = app.get(&format!("/admin/key-pools/{}", b.pool), &admin).await;
+    let pool = app
+        .get(&format!("/admin/key-pools/{}", b.pool), &admin)
+        .await;
     assert_eq!(pool.body["totalKeys"], 2, "{:?}", pool.body);
-    let keys = app.get(&format!("/admin/key-pools/{}/keys", b.pool), &admin).await;
+    let keys = app
+        .get(&format!("/admin/key-pools/{}/keys", b.pool), &admin)
+        .await;
     let key = keys.body["items"][0]["id"].as_str().unwrap().to_owned();
     let invalid = app
         .call(
@@ -458,27 +546,43 @@ async fn admins_see_every_seller_and_manage_keys_tokens_and_dead_jobs() {
         .await;
     assert_eq!(wrong_pool.status.as_u16(), 404);
     assert_eq!(
-        app.get(&format!("/admin/key-pools/{}", Uuid::now_v7()), &admin).await.status.as_u16(),
+        app.get(&format!("/admin/key-pools/{}", Uuid::now_v7()), &admin)
+            .await
+            .status
+            .as_u16(),
         404
     );
 
     let (store, _) = app.token(Role::Storefront, None).await;
     let order = order_and_pay(&app, &store, &a.offer, 1).await[0];
     let read = app
-        .post(&format!("/orders/{order}/fulfill?wait=20"), &store, json!({}))
+        .post(
+            &format!("/orders/{order}/fulfill?wait=20"),
+            &store,
+            json!({}),
+        )
         .await;
     let plaintext = read.body["keys"][0]["key"].as_str().unwrap().to_owned();
     let seen = app.get(&format!("/admin/orders/{order}"), &admin).await;
     assert_eq!(seen.body["status"], "FULFILLED", "{:?}", seen.body);
-    assert!(!seen.body.to_string().contains(&plaintext), "admins never see keys");
+    assert!(
+        !seen.body.to_string().contains(&plaintext),
+        "admins never see keys"
+    );
 
     // A revoked storefront token is refused on its next request.
     let mut conn = app.pool.acquire().await.unwrap();
-    let victim = tokens::create_token(&mut conn, Role::Storefront, None).await.unwrap();
+    let victim = tokens::create_token(&mut conn, Role::Storefront, None)
+        .await
+        .unwrap();
     assert_eq!(app.get("/me", &victim.token).await.status.as_u16(), 200);
     let before = app.tokens.invalidations();
-    app.post(&format!("/admin/tokens/{}/revoke", victim.id), &admin, json!({}))
-        .await;
+    app.post(
+        &format!("/admin/tokens/{}/revoke", victim.id),
+        &admin,
+        json!({}),
+    )
+    .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while app.tokens.invalidations() == before {
         assert!(tokio::time::Instant::now() < deadline);
@@ -503,10 +607,21 @@ async fn admins_see_every_seller_and_manage_keys_tokens_and_dead_jobs() {
     assert_eq!(listed[0]["payload"]["order_id"], order.to_string());
     let retried = app.post("/admin/jobs/dead/retry", &admin, json!({})).await;
     assert_eq!(retried.body["retried"], 1, "{:?}", retried.body);
-    assert_eq!(app.get("/admin/jobs/dead", &admin).await.body["items"], json!([]));
+    assert_eq!(
+        app.get("/admin/jobs/dead", &admin).await.body["items"],
+        json!([])
+    );
 
-    for path in ["/admin/sellers", "/admin/jobs/dead", "/admin/keys/reencrypt"] {
-        assert_eq!(app.get(path, &a.seller).await.status.as_u16(), 403, "{path}");
+    for path in [
+        "/admin/sellers",
+        "/admin/jobs/dead",
+        "/admin/keys/reencrypt",
+    ] {
+        assert_eq!(
+            app.get(path, &a.seller).await.status.as_u16(),
+            403,
+            "{path}"
+        );
     }
     worker.stop().await.unwrap();
 }
@@ -537,13 +652,31 @@ async fn keys_delivered_by_hand_follow_the_rotation_too() {
             json!({"keys": ["BY-HAND-ROTATED-1"]}),
         )
         .await;
-    assert_eq!(delivered.body["status"], "FULFILLED", "{:?}", delivered.body);
+    assert_eq!(
+        delivered.body["status"], "FULFILLED",
+        "{:?}",
+        delivered.body
+    );
     let v2 = vault(("k2", m2), &[("k1", m1)], fp);
-    let moved = rotation::reencrypt_all(&app.pool, &v2, 10, |_| {}).await.unwrap();
+    let moved = rotation::reencrypt_all(&app.pool, &v2, 10, |_| {})
+        .await
+        .unwrap();
     assert_eq!(moved, 1);
     let mut conn = app.pool.acquire().await.unwrap();
-    assert_eq!(rotation::progress(&mut conn, "k2").await.unwrap().remaining(), 0);
-    let only_k2 = app.another_api_sealing_with(vault(("k2", m2), &[], fp)).await;
+    assert_eq!(
+        rotation::progress(&mut conn, "k2")
+            .await
+            .unwrap()
+            .remaining(),
+        0
+    );
+    let only_k2 = app
+        .another_api_sealing_with(vault(("k2", m2), &[], fp))
+        .await;
     let read = only_k2.get(&format!("/orders/{order}"), &store).await;
-    assert_eq!(read.body["keys"][0]["key"], "BY-HAND-ROTATED-1", "{:?}", read.body);
+    assert_eq!(
+        read.body["keys"][0]["key"], "BY-HAND-ROTATED-1",
+        "{:?}",
+        read.body
+    );
 }

@@ -40,7 +40,8 @@ pub(crate) async fn handle_reencrypt(
                     "stored keys are sealed with key id {retired:?}, which is not configured"
                 )));
             }
-            moved += autokey_shared::rotation::reencrypt_secrets(&ctx.pool, &vault, retired).await?;
+            moved +=
+                autokey_shared::rotation::reencrypt_secrets(&ctx.pool, &vault, retired).await?;
             while started.elapsed() < REENCRYPT_SLICE {
                 let n = autokey_shared::rotation::reencrypt_manual_batch(
                     &ctx.pool,
@@ -72,7 +73,11 @@ pub(crate) async fn handle_reencrypt(
     };
     match guarded(run).await {
         Ok((moved, more)) => {
-            tracing::info!(moved, more, "keys re-encrypted with the current encryption key");
+            tracing::info!(
+                moved,
+                more,
+                "keys re-encrypted with the current encryption key"
+            );
             if more {
                 let mut conn = ctx.pool.acquire().await?;
                 queue::enqueue(&mut conn, &job).await?;
@@ -82,4 +87,3 @@ pub(crate) async fn handle_reencrypt(
         Err(err) => Err(on_failure::<ReencryptKeys>(&ctx, &task_id, attempt.current(), err).await),
     }
 }
-

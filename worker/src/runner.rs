@@ -5,7 +5,9 @@ use std::{sync::Arc, time::Duration};
 
 use apalis::prelude::*;
 use apalis_postgres::{Config as QueueConfig, PostgresStorage, Pubsub};
-use autokey_shared::jobs::{self, FulfillOrder, Job, JobError, ReencryptKeys, ReplenishPool, queue};
+use autokey_shared::jobs::{
+    self, FulfillOrder, Job, JobError, ReencryptKeys, ReplenishPool, queue,
+};
 use sqlx::PgPool;
 use tracing::Instrument;
 
@@ -353,8 +355,14 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let (a, b, c, _, _, _) =
-        tokio::join!(fulfill, replenish, reencrypt, maintenance, fast_lane, webhooks);
+    let (a, b, c, _, _, _) = tokio::join!(
+        fulfill,
+        replenish,
+        reencrypt,
+        maintenance,
+        fast_lane,
+        webhooks
+    );
     a?;
     b?;
     c?;

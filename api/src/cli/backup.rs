@@ -99,7 +99,10 @@ pub async fn export(args: ExportArgs) -> Result<(), String> {
     let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
     let scope = if args.all { None } else { args.pool };
     if let Some(id) = scope
-        && pools::find(&mut conn, id).await.map_err(|e| e.to_string())?.is_none()
+        && pools::find(&mut conn, id)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none()
     {
         return Err(format!("no pool with id {id}"));
     }
@@ -165,7 +168,10 @@ pub async fn export(args: ExportArgs) -> Result<(), String> {
     audit::append(&mut conn, &OPERATOR, "keys.exported", None, detail)
         .await
         .map_err(|e| e.to_string())?;
-    eprintln!("exported {count} keys (encrypted to {})", args.recipient.trim());
+    eprintln!(
+        "exported {count} keys (encrypted to {})",
+        args.recipient.trim()
+    );
     Ok(())
 }
 
@@ -174,8 +180,8 @@ pub async fn import(args: ImportArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot read --identity {}: {e}", args.identity.display()))?
         .into_identities()
         .map_err(|e| format!("--identity holds no usable age identity: {e}"))?;
-    let file = File::open(&args.file)
-        .map_err(|e| format!("cannot open {}: {e}", args.file.display()))?;
+    let file =
+        File::open(&args.file).map_err(|e| format!("cannot open {}: {e}", args.file.display()))?;
     let decryptor = age::Decryptor::new_buffered(BufReader::new(file))
         .map_err(|e| format!("{} is not an age file: {e}", args.file.display()))?;
     let reader = decryptor
@@ -184,7 +190,11 @@ pub async fn import(args: ImportArgs) -> Result<(), String> {
     let vault = Arc::new(config::vault_from_env().map_err(|e| e.to_string())?);
     let db = super::connect(6).await?;
     let mut conn = db.acquire().await.map_err(|e| e.to_string())?;
-    if pools::find(&mut conn, args.pool).await.map_err(|e| e.to_string())?.is_none() {
+    if pools::find(&mut conn, args.pool)
+        .await
+        .map_err(|e| e.to_string())?
+        .is_none()
+    {
         return Err(format!("no pool with id {}", args.pool));
     }
     let mut lines = BufReader::new(reader).lines();
@@ -195,7 +205,10 @@ pub async fn import(args: ImportArgs) -> Result<(), String> {
         None => return Err("the backup is empty".into()),
     };
     if header.format != FORMAT {
-        return Err(format!("unknown backup format {:?} (expected {FORMAT})", header.format));
+        return Err(format!(
+            "unknown backup format {:?} (expected {FORMAT})",
+            header.format
+        ));
     }
     let mut ingest = Ingest::start(db.clone(), vault, args.pool, OPERATOR);
     let (mut n, mut skipped) = (1u64, 0u64);

@@ -41,7 +41,9 @@ pub enum KeysAction {
 
 pub async fn run(action: KeysAction) -> Result<(), String> {
     match action {
-        KeysAction::Upload { pool, file, remote } => super::seller::upload(pool, file, remote).await,
+        KeysAction::Upload { pool, file, remote } => {
+            super::seller::upload(pool, file, remote).await
+        }
         KeysAction::Reencrypt { batch } => reencrypt(batch).await,
         KeysAction::Export(args) => super::backup::export(args).await,
         KeysAction::Import(args) => super::backup::import(args).await,
@@ -101,7 +103,9 @@ async fn reencrypt(batch: i64) -> Result<(), String> {
         eprintln!("key id {id}: {left} left");
     }
     if after.remaining() == 0 {
-        eprintln!("nothing is sealed under a retired key id any more: retired ids may leave ENCRYPTION_KEYS_RETIRED");
+        eprintln!(
+            "nothing is sealed under a retired key id any more: retired ids may leave ENCRYPTION_KEYS_RETIRED"
+        );
     }
     Ok(())
 }

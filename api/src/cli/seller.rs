@@ -30,7 +30,6 @@ pub struct Remote {
     pub token: Option<String>,
 }
 
-
 /// Bytes read from the file per chunk of the request body.
 const CHUNK: usize = 64 * 1024;
 

@@ -6,7 +6,6 @@ use std::{net::SocketAddr, sync::Arc};
 use autokey_shared::{
     config::{self, ConfigError, DatabaseConfig},
     db, process,
-
     vault::Vault,
 };
 

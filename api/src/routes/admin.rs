@@ -98,7 +98,9 @@ async fn admin_get_pool(
     Path(pool_id): Path<Uuid>,
 ) -> Result<Json<Pool>, ApiError> {
     auth.admin()?;
-    Ok(Json(any_pool(&mut *state.pool.acquire().await?, pool_id).await?))
+    Ok(Json(
+        any_pool(&mut *state.pool.acquire().await?, pool_id).await?,
+    ))
 }
 
 /// Any pool's keys, as metadata (never a key, its ciphertext or its fingerprint).
@@ -307,7 +309,14 @@ async fn start_reencryption(
         };
         queue::enqueue(&mut tx, &job).await?;
         let detail = serde_json::json!({"currentKeyId": job.target_key_id});
-        audit::append(&mut tx, &auth.actor(), "keys.reencrypt_requested", None, detail).await?;
+        audit::append(
+            &mut tx,
+            &auth.actor(),
+            "keys.reencrypt_requested",
+            None,
+            detail,
+        )
+        .await?;
     }
     tx.commit().await?;
     Ok((StatusCode::ACCEPTED, Json(rotation_state(&state).await?)))

@@ -161,7 +161,9 @@ async fn list_audit(
         to: p.to,
         ..AuditFilter::default()
     };
-    Ok(Json(page(&state, filter, p.limit, p.cursor.as_deref()).await?))
+    Ok(Json(
+        page(&state, filter, p.limit, p.cursor.as_deref()).await?,
+    ))
 }
 
 /// The audit rows about this seller's pools, keys and orders, newest first.
@@ -183,5 +185,7 @@ async fn list_own_audit(
         seller: Some(seller),
         ..AuditFilter::default()
     };
-    Ok(Json(page(&state, filter, p.limit, p.cursor.as_deref()).await?))
+    Ok(Json(
+        page(&state, filter, p.limit, p.cursor.as_deref()).await?,
+    ))
 }

@@ -132,7 +132,12 @@ async fn list_events(
     }
     let limit = pagination::limit(q.limit, 100, 500)?;
     // An empty `after` is the start, as an absent one.
-    let after = q.after.as_deref().filter(|a| !a.is_empty()).map(decode).transpose()?;
+    let after = q
+        .after
+        .as_deref()
+        .filter(|a| !a.is_empty())
+        .map(decode)
+        .transpose()?;
     let mut conn = state.pool.acquire().await?;
     let rows = events::page(&mut conn, reader, kind, after, limit).await?;
     let next_cursor = rows

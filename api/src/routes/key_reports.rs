@@ -57,9 +57,7 @@ async fn report_key(
     let viewer = auth.buyer_side()?.viewer();
     let reason = body.reason.trim();
     if reason.is_empty() || reason.chars().count() > 1000 {
-        return Err(ApiError::validation(
-            "reason must be 1 to 1000 characters",
-        ));
+        return Err(ApiError::validation("reason must be 1 to 1000 characters"));
     }
     let mut tx = state.pool.begin().await?;
     let order = store::orders::lock_visible(&mut tx, id, viewer)
@@ -76,8 +74,9 @@ async fn report_key(
     let mut report = store::key_reports::insert(&mut tx, id, key_id, pool_id, reason)
         .await
         .map_constraint(|c| {
-            (c == "key_reports_one_live_per_key")
-                .then(|| ApiError::Conflict("this key already has an open or approved report".into()))
+            (c == "key_reports_one_live_per_key").then(|| {
+                ApiError::Conflict("this key already has an open or approved report".into())
+            })
         })?;
     store::audit::append(
         &mut tx,
@@ -205,7 +204,11 @@ async fn reject_key_report(
     Json(body): Json<Rejection>,
 ) -> ApiResult<Json<KeyReport>> {
     let seller_id = auth.seller()?;
-    if body.note.as_deref().is_some_and(|n| n.chars().count() > 1000) {
+    if body
+        .note
+        .as_deref()
+        .is_some_and(|n| n.chars().count() > 1000)
+    {
         return Err(ApiError::validation("note must be at most 1000 characters"));
     }
     let mut tx = state.pool.begin().await?;
@@ -217,9 +220,7 @@ async fn reject_key_report(
         ReportStatus::Approved => {
             return Err(ApiError::Conflict("the report was approved".into()));
         }
-        ReportStatus::Open => {
-            store::key_reports::reject(&mut tx, id, body.note.as_deref()).await?
-        }
+        ReportStatus::Open => store::key_reports::reject(&mut tx, id, body.note.as_deref()).await?,
     };
     store::audit::append(
         &mut tx,

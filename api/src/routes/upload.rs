@@ -94,7 +94,12 @@ async fn upload_keys(
     let seller_id = auth.seller()?;
     let _slot = state.uploads.take(seller_id)?;
     find_pool(&mut *state.pool.acquire().await?, seller_id, pool_id).await?;
-    let mut ingest = Ingest::start(state.pool.clone(), state.vault.clone(), pool_id, auth.actor());
+    let mut ingest = Ingest::start(
+        state.pool.clone(),
+        state.vault.clone(),
+        pool_id,
+        auth.actor(),
+    );
     match media_type(&request).as_deref() {
         Some("application/json") => {
             let Json(body) = Json::<UploadKeys>::from_request(request, &state).await?;

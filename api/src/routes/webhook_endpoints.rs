@@ -39,7 +39,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NewWebhookEndpoint {
     /// An http(s) URL on the public internet.
-    #[schema(example = "https://shop.example.com/hooks/autokey", max_length = 2000, format = "uri")]
+    #[schema(
+        example = "https://shop.example.com/hooks/autokey",
+        max_length = 2000,
+        format = "uri"
+    )]
     url: String,
     /// Event types to receive (at least one).
     #[schema(example = json!(["order.fulfilled", "pool.low_stock"]), min_items = 1,

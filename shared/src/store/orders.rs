@@ -309,7 +309,10 @@ pub async fn read(
         .zip(revealed)
         .zip(replaces.into_iter().zip(replaced_by))
         .map(
-            |((((((id, pool_id), ct), nonce), enc_key_id), revealed_at), (replaces, replaced_by))| {
+            |(
+                (((((id, pool_id), ct), nonce), enc_key_id), revealed_at),
+                (replaces, replaced_by),
+            )| {
                 SealedKey::from_parts(id, pool_id, ct, nonce, enc_key_id).map(|sealed| ShownKey {
                     sealed,
                     revealed_at,

@@ -213,10 +213,14 @@ pub async fn set_auto_replace_limit(
 }
 
 /// The pool's automatic replacement limit (0 for an unknown pool).
-pub async fn auto_replace_limit(conn: &mut PgConnection, pool_id: Uuid) -> Result<i32, sqlx::Error> {
-    let n: Option<i32> = sqlx::query_scalar("SELECT auto_replace_limit FROM key_pools WHERE id = $1")
-        .bind(pool_id)
-        .fetch_optional(conn)
-        .await?;
+pub async fn auto_replace_limit(
+    conn: &mut PgConnection,
+    pool_id: Uuid,
+) -> Result<i32, sqlx::Error> {
+    let n: Option<i32> =
+        sqlx::query_scalar("SELECT auto_replace_limit FROM key_pools WHERE id = $1")
+            .bind(pool_id)
+            .fetch_optional(conn)
+            .await?;
     Ok(n.unwrap_or(0))
 }

@@ -58,9 +58,17 @@ pub async fn deliver(
     }
     let row: Option<Row> = sqlx::query_as(DELIVER_MANUAL)
         .bind(keys.iter().map(|k| k.id).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| &k.sealed.ciphertext[..]).collect::<Vec<_>>())
+        .bind(
+            keys.iter()
+                .map(|k| &k.sealed.ciphertext[..])
+                .collect::<Vec<_>>(),
+        )
         .bind(keys.iter().map(|k| &k.sealed.nonce[..]).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.sealed.enc_key_id.as_str()).collect::<Vec<_>>())
+        .bind(
+            keys.iter()
+                .map(|k| k.sealed.enc_key_id.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(keys.iter().map(|k| &k.fingerprint[..]).collect::<Vec<_>>())
         .bind(order.id)
         .bind(order.quantity)

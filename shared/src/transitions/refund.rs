@@ -15,8 +15,7 @@ use crate::{
     jobs::{ReplenishPool, queue},
 };
 
-pub const REFUND_FULFILLED: &str =
-    "WITH o AS (UPDATE orders SET refunded_at = now()
+pub const REFUND_FULFILLED: &str = "WITH o AS (UPDATE orders SET refunded_at = now()
            WHERE id = $1 AND status = 'FULFILLED' AND refunded_at IS NULL RETURNING id),
      d AS (UPDATE order_deliveries d SET returned_at = now()
            FROM o, keys dk
