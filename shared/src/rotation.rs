@@ -84,25 +84,61 @@ pub async fn progress(conn: &mut PgConnection, current: &str) -> Result<Progress
     })
 }
 
-pub const LOCK_BATCH: &str = "SELECT id, pool_id, ciphertext, nonce, status = 'AVAILABLE'
-     FROM keys WHERE enc_key_id = $1 LIMIT $2 FOR UPDATE";
+/// The two tables of sealed keys. Their rows differ only in what the ciphertext is bound
+/// to (a pool key to its pool, a key delivered by hand to its order) and in whether a
+/// delivery may be waiting for one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealedTable {
+    PoolKeys,
+    ManualKeys,
+}
 
-pub const REWRITE: &str = "UPDATE keys k SET ciphertext = u.ciphertext, nonce = u.nonce,
-         enc_key_id = $1
-     FROM (SELECT * FROM unnest($2::uuid[], $3::bytea[], $4::bytea[])
-           AS t(id, ciphertext, nonce)) u
-     WHERE k.id = u.id AND k.enc_key_id = $5";
+impl SealedTable {
+    /// Locks a batch: (id, the id the seal is bound to, ciphertext, nonce, AVAILABLE?).
+    const fn lock(self) -> &'static str {
+        match self {
+            SealedTable::PoolKeys => {
+                "SELECT id, pool_id, ciphertext, nonce, status = 'AVAILABLE'
+                 FROM keys WHERE enc_key_id = $1 LIMIT $2 FOR UPDATE"
+            }
+            SealedTable::ManualKeys => {
+                "SELECT id, order_id, ciphertext, nonce, false
+                 FROM manual_keys WHERE enc_key_id = $1 LIMIT $2 FOR UPDATE"
+            }
+        }
+    }
 
-/// Re-seals up to `limit` keys sealed under `retired` with the current key, in one
-/// transaction. Returns how many moved (0: nothing left under that id).
-pub async fn reencrypt_keys_batch(
+    /// Rewrites the locked rows still under the retired id ($5).
+    const fn rewrite(self) -> &'static str {
+        match self {
+            SealedTable::PoolKeys => {
+                "UPDATE keys k SET ciphertext = u.ciphertext, nonce = u.nonce, enc_key_id = $1
+                 FROM (SELECT * FROM unnest($2::uuid[], $3::bytea[], $4::bytea[])
+                       AS t(id, ciphertext, nonce)) u
+                 WHERE k.id = u.id AND k.enc_key_id = $5"
+            }
+            SealedTable::ManualKeys => {
+                "UPDATE manual_keys k SET ciphertext = u.ciphertext, nonce = u.nonce,
+                     enc_key_id = $1
+                 FROM (SELECT * FROM unnest($2::uuid[], $3::bytea[], $4::bytea[])
+                       AS t(id, ciphertext, nonce)) u
+                 WHERE k.id = u.id AND k.enc_key_id = $5"
+            }
+        }
+    }
+}
+
+/// Re-seals up to `limit` rows of `table` sealed under `retired` with the current key, in
+/// one transaction. Returns how many moved (0: nothing left under that id).
+pub async fn reencrypt_batch(
     pool: &PgPool,
     vault: &Vault,
+    table: SealedTable,
     retired: &str,
     limit: i64,
 ) -> Result<u64, CoreError> {
     let mut tx = pool.begin().await?;
-    let rows: Vec<(Uuid, Uuid, Vec<u8>, Vec<u8>, bool)> = sqlx::query_as(LOCK_BATCH)
+    let rows: Vec<(Uuid, Uuid, Vec<u8>, Vec<u8>, bool)> = sqlx::query_as(table.lock())
         .bind(retired)
         .bind(limit)
         .fetch_all(&mut *tx)
@@ -112,20 +148,20 @@ pub async fn reencrypt_keys_batch(
     }
     let (mut ids, mut cts, mut nonces) = (Vec::new(), Vec::new(), Vec::new());
     let mut pools_with_available: Vec<Uuid> = Vec::new();
-    for (id, pool_id, ciphertext, nonce, available) in rows {
-        let key = keys::SealedKey::from_parts(id, pool_id, ciphertext, nonce, retired.into())?;
+    for (id, bound_to, ciphertext, nonce, available) in rows {
+        let key = keys::SealedKey::from_parts(id, bound_to, ciphertext, nonce, retired.into())?;
         let plaintext = vault
-            .open(id, pool_id, &key.sealed)
+            .open(id, bound_to, &key.sealed)
             .map_err(|e| CoreError::invariant(format!("key {id} cannot be opened: {e}")))?;
-        let resealed = vault.seal(id, pool_id, &plaintext);
+        let resealed = vault.seal(id, bound_to, &plaintext);
         ids.push(id);
         cts.push(resealed.ciphertext);
         nonces.push(resealed.nonce.to_vec());
-        if available && !pools_with_available.contains(&pool_id) {
-            pools_with_available.push(pool_id);
+        if available && !pools_with_available.contains(&bound_to) {
+            pools_with_available.push(bound_to);
         }
     }
-    let moved = sqlx::query(REWRITE)
+    let moved = sqlx::query(table.rewrite())
         .bind(vault.current_key_id())
         .bind(&ids)
         .bind(&cts)
@@ -137,56 +173,6 @@ pub async fn reencrypt_keys_batch(
     for pool_id in pools_with_available {
         queue::enqueue(&mut tx, &ReplenishPool { pool_id }).await?;
     }
-    tx.commit().await?;
-    Ok(moved)
-}
-
-pub const LOCK_MANUAL_BATCH: &str = "SELECT id, order_id, ciphertext, nonce
-     FROM manual_keys WHERE enc_key_id = $1 LIMIT $2 FOR UPDATE";
-
-pub const REWRITE_MANUAL: &str = "UPDATE manual_keys k SET ciphertext = u.ciphertext,
-         nonce = u.nonce, enc_key_id = $1
-     FROM (SELECT * FROM unnest($2::uuid[], $3::bytea[], $4::bytea[])
-           AS t(id, ciphertext, nonce)) u
-     WHERE k.id = u.id AND k.enc_key_id = $5";
-
-/// Re-seals up to `limit` keys a seller delivered by hand (MANUAL orders; sealed to
-/// their order instead of a pool) under `retired`. Returns how many moved.
-pub async fn reencrypt_manual_batch(
-    pool: &PgPool,
-    vault: &Vault,
-    retired: &str,
-    limit: i64,
-) -> Result<u64, CoreError> {
-    let mut tx = pool.begin().await?;
-    let rows: Vec<(Uuid, Uuid, Vec<u8>, Vec<u8>)> = sqlx::query_as(LOCK_MANUAL_BATCH)
-        .bind(retired)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let (mut ids, mut cts, mut nonces) = (Vec::new(), Vec::new(), Vec::new());
-    for (id, order_id, ciphertext, nonce) in rows {
-        let key = keys::SealedKey::from_parts(id, order_id, ciphertext, nonce, retired.into())?;
-        let plaintext = vault
-            .open(id, order_id, &key.sealed)
-            .map_err(|e| CoreError::invariant(format!("manual key {id} cannot be opened: {e}")))?;
-        let resealed = vault.seal(id, order_id, &plaintext);
-        ids.push(id);
-        cts.push(resealed.ciphertext);
-        nonces.push(resealed.nonce.to_vec());
-    }
-    let moved = sqlx::query(REWRITE_MANUAL)
-        .bind(vault.current_key_id())
-        .bind(&ids)
-        .bind(&cts)
-        .bind(&nonces)
-        .bind(retired)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
     tx.commit().await?;
     Ok(moved)
 }
@@ -236,15 +222,17 @@ pub async fn reencrypt_secrets(
     Ok(moved)
 }
 
-/// Runs batches until nothing is left under a retired id, calling `on_batch` with the
-/// number moved after each commit (a progress bar, a log line). Refuses to start when
+/// Runs batches until nothing is left under a retired id, or until `deadline` (a worker's
+/// time slice), calling `on_batch` with the number moved after each commit (a progress
+/// bar). Returns how many moved and whether everything is done. Refuses to start when
 /// something is sealed under an id the vault does not know (it could never finish).
 pub async fn reencrypt_all(
     pool: &PgPool,
     vault: &Vault,
     batch: i64,
+    deadline: Option<std::time::Instant>,
     mut on_batch: impl FnMut(u64),
-) -> Result<u64, CoreError> {
+) -> Result<(u64, bool), CoreError> {
     let mut conn = pool.acquire().await?;
     let ids = sealing_key_ids(&mut conn).await?;
     drop(conn);
@@ -254,27 +242,25 @@ pub async fn reencrypt_all(
              (add it to ENCRYPTION_KEYS_RETIRED)"
         )));
     }
+    let out_of_time = || deadline.is_some_and(|d| std::time::Instant::now() >= d);
     let mut total = 0;
     for retired in ids.iter().filter(|id| *id != vault.current_key_id()) {
         let secrets = reencrypt_secrets(pool, vault, retired).await?;
         total += secrets;
         on_batch(secrets);
-        loop {
-            let moved = reencrypt_manual_batch(pool, vault, retired, batch).await?;
-            if moved == 0 {
-                break;
+        for table in [SealedTable::ManualKeys, SealedTable::PoolKeys] {
+            loop {
+                if out_of_time() {
+                    return Ok((total, false));
+                }
+                let moved = reencrypt_batch(pool, vault, table, retired, batch).await?;
+                if moved == 0 {
+                    break;
+                }
+                total += moved;
+                on_batch(moved);
             }
-            total += moved;
-            on_batch(moved);
-        }
-        loop {
-            let moved = reencrypt_keys_batch(pool, vault, retired, batch).await?;
-            if moved == 0 {
-                break;
-            }
-            total += moved;
-            on_batch(moved);
         }
     }
-    Ok(total)
+    Ok((total, true))
 }

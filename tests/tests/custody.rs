@@ -179,7 +179,7 @@ async fn rotating_twice_under_concurrent_orders_keeps_every_key_readable() {
         })
     };
     let batches = std::sync::atomic::AtomicU64::new(0);
-    let moved_to_k2 = rotation::reencrypt_all(&app.pool, &v2, 100, |_| {
+    let (moved_to_k2, _) = rotation::reencrypt_all(&app.pool, &v2, 100, None, |_| {
         batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     })
     .await
@@ -197,7 +197,7 @@ async fn rotating_twice_under_concurrent_orders_keeps_every_key_readable() {
             .remaining(),
         0
     );
-    let moved_to_k3 = rotation::reencrypt_all(&app.pool, &v3, 100, |_| {})
+    let (moved_to_k3, _) = rotation::reencrypt_all(&app.pool, &v3, 100, None, |_| {})
         .await
         .unwrap();
     assert!(moved_to_k3 >= 1501, "moved {moved_to_k3}");
@@ -658,7 +658,7 @@ async fn keys_delivered_by_hand_follow_the_rotation_too() {
         delivered.body
     );
     let v2 = vault(("k2", m2), &[("k1", m1)], fp);
-    let moved = rotation::reencrypt_all(&app.pool, &v2, 10, |_| {})
+    let (moved, _) = rotation::reencrypt_all(&app.pool, &v2, 10, None, |_| {})
         .await
         .unwrap();
     assert_eq!(moved, 1);

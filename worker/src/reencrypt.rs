@@ -29,47 +29,16 @@ pub(crate) async fn handle_reencrypt(
                 vault.current_key_id()
             )));
         }
-        let started = std::time::Instant::now();
-        let mut moved = 0;
-        let mut conn = ctx.pool.acquire().await?;
-        let ids = autokey_shared::rotation::sealing_key_ids(&mut conn).await?;
-        drop(conn);
-        for retired in ids.iter().filter(|id| *id != vault.current_key_id()) {
-            if !vault.knows(retired) {
-                return Err(JobError::fatal(format!(
-                    "stored keys are sealed with key id {retired:?}, which is not configured"
-                )));
-            }
-            moved +=
-                autokey_shared::rotation::reencrypt_secrets(&ctx.pool, &vault, retired).await?;
-            while started.elapsed() < REENCRYPT_SLICE {
-                let n = autokey_shared::rotation::reencrypt_manual_batch(
-                    &ctx.pool,
-                    &vault,
-                    retired,
-                    autokey_shared::rotation::BATCH,
-                )
-                .await?;
-                moved += n;
-                if n == 0 {
-                    break;
-                }
-            }
-            while started.elapsed() < REENCRYPT_SLICE {
-                let n = autokey_shared::rotation::reencrypt_keys_batch(
-                    &ctx.pool,
-                    &vault,
-                    retired,
-                    autokey_shared::rotation::BATCH,
-                )
-                .await?;
-                moved += n;
-                if n == 0 {
-                    break;
-                }
-            }
-        }
-        Ok::<_, JobError>((moved, started.elapsed() >= REENCRYPT_SLICE))
+        let deadline = std::time::Instant::now() + REENCRYPT_SLICE;
+        let (moved, done) = autokey_shared::rotation::reencrypt_all(
+            &ctx.pool,
+            &vault,
+            autokey_shared::rotation::BATCH,
+            Some(deadline),
+            |_| {},
+        )
+        .await?;
+        Ok::<_, JobError>((moved, !done))
     };
     match guarded(run).await {
         Ok((moved, more)) => {

@@ -67,7 +67,7 @@ async fn reencrypt(batch: i64) -> Result<(), String> {
         .progress_chars("=> "),
     );
     let started = std::time::Instant::now();
-    let moved = rotation::reencrypt_all(&pool, &vault, batch, |n| bar.inc(n))
+    let (moved, _) = rotation::reencrypt_all(&pool, &vault, batch, None, |n| bar.inc(n))
         .await
         .map_err(|e| format!("re-encryption stopped (run it again to resume): {e}"))?;
     bar.finish_and_clear();
