@@ -21,10 +21,14 @@ ensure_test_tools
 log "building"
 # The CLI tests run the real binaries (target/debug/autokey-api and autokey-worker).
 cargo build --workspace --bins --locked
+cargo test --workspace --locked --no-run
 
 log "running the test suite"
 # Tests mostly wait on the database, so run more of them at once than there are cores.
-cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-6}" "$@"
+# The suite takes 6-15 minutes here; a test that hangs fails it after TEST_TIMEOUT
+# (default 40 minutes) instead of running into CI's own limit.
+timeout --foreground "${TEST_TIMEOUT:-40m}" \
+  cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-6}" "$@"
 
 # RustSec advisories against Cargo.lock (scripts/audit.sh says loudly when it cannot fetch
 # the advisory database).

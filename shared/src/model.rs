@@ -120,13 +120,15 @@ text_enum! {
 
 text_enum! {
     /// A key report: open -> approved (the key INVALID, a replacement delivered or
-    /// waiting for stock) or rejected.
+    /// waiting for stock) or rejected; open or waiting -> canceled by a refund.
     #[derive(Serialize, Deserialize, ToSchema)]
     #[serde(rename_all = "lowercase")]
     pub enum ReportStatus {
         Open = "open",
         Approved = "approved",
         Rejected = "rejected",
+        /// Closed without a decision on the key: its order was refunded first.
+        Canceled = "canceled",
     }
 }
 

@@ -1,16 +1,20 @@
 //! Encryption key rotation: moves every sealed key (pool keys, keys sellers delivered by
 //! hand, every webhook endpoint's signing secret) from retired encryption keys to the current one.
 //!
-//! Work goes in small batches, each its own transaction, so a crash or a kill loses at
-//! most one uncommitted batch and a rerun picks up what is left (a key moved is no longer
-//! selected). A batch locks its rows and rewrites only `ciphertext`, `nonce` and
-//! `enc_key_id` of rows still under the retired id: no status, order or fingerprint
-//! changes, and a concurrent delivery or invalidation either commits first (the batch
-//! then sees its result) or waits for the batch — no update is lost.
+//! Work goes in batches, each its own transaction, so a crash or a kill loses at most
+//! one uncommitted batch and a rerun picks up what is left (a key moved is no longer
+//! under the retired id). A batch is read without locks, in id order past the previous
+//! batch (`keys_enc_key_id_idx` is on (enc_key_id, id): one index range, never the dead
+//! entries of keys already moved), re-sealed in memory, and written by one UPDATE that
+//! rewrites only `ciphertext`, `nonce` and `enc_key_id` of rows *still* under the retired
+//! id. PostgreSQL applies that UPDATE to each row's newest version: a delivery or an
+//! invalidation committed in between keeps its status and order (no update is lost), and
+//! a row another rotation already moved is skipped. While one batch is written, the next
+//! is read and re-sealed on another connection.
 //!
-//! A delivery that claims AVAILABLE keys skips locked rows, so while a batch holds a
-//! pool's last available keys an order could be backordered; each batch therefore
-//! enqueues a `ReplenishPool` job for the pools whose available keys it held, which
+//! A delivery that claims AVAILABLE keys skips locked rows, so while a batch's UPDATE holds
+//! a pool's last available keys an order could be backordered; each batch therefore
+//! enqueues a `ReplenishPool` job for the pools whose available keys it moved, which
 //! serves such an order as soon as the batch commits.
 
 use std::collections::BTreeMap;
@@ -25,8 +29,8 @@ use crate::{
     vault::{Sealed, Vault},
 };
 
-/// Keys per batch: a few milliseconds of AES-GCM and one short UPDATE.
-pub const BATCH: i64 = 1000;
+/// Keys per batch: a few milliseconds of AES-GCM and one UPDATE of a few tens of ms.
+pub const BATCH: i64 = 2000;
 
 /// Where a rotation stands: what is still sealed under each key id other than the
 /// current one (keys and webhook secrets together). An id at 0 may leave the
@@ -94,21 +98,22 @@ pub enum SealedTable {
 }
 
 impl SealedTable {
-    /// Locks a batch: (id, the id the seal is bound to, ciphertext, nonce, AVAILABLE?).
-    const fn lock(self) -> &'static str {
+    /// Reads the next batch after id $3: (id, the id the seal is bound to, ciphertext,
+    /// nonce, AVAILABLE?).
+    const fn read(self) -> &'static str {
         match self {
             SealedTable::PoolKeys => {
                 "SELECT id, pool_id, ciphertext, nonce, status = 'AVAILABLE'
-                 FROM keys WHERE enc_key_id = $1 LIMIT $2 FOR UPDATE"
+                 FROM keys WHERE enc_key_id = $1 AND id > $3 ORDER BY enc_key_id, id LIMIT $2"
             }
             SealedTable::ManualKeys => {
                 "SELECT id, order_id, ciphertext, nonce, false
-                 FROM manual_keys WHERE enc_key_id = $1 LIMIT $2 FOR UPDATE"
+                 FROM manual_keys WHERE enc_key_id = $1 AND id > $3 ORDER BY id LIMIT $2"
             }
         }
     }
 
-    /// Rewrites the locked rows still under the retired id ($5).
+    /// Rewrites the rows still under the retired id ($5).
     const fn rewrite(self) -> &'static str {
         match self {
             SealedTable::PoolKeys => {
@@ -128,49 +133,77 @@ impl SealedTable {
     }
 }
 
-/// Re-seals up to `limit` rows of `table` sealed under `retired` with the current key, in
-/// one transaction. Returns how many moved (0: nothing left under that id).
-pub async fn reencrypt_batch(
-    pool: &PgPool,
+/// A batch read and re-sealed, ready to be written.
+#[derive(Debug, Default)]
+pub struct Resealed {
+    ids: Vec<Uuid>,
+    ciphertexts: Vec<Vec<u8>>,
+    nonces: Vec<Vec<u8>>,
+    /// Pools whose AVAILABLE keys are in the batch (a delivery may skip them while the
+    /// batch is written).
+    pools_with_available: Vec<Uuid>,
+}
+
+impl Resealed {
+    /// The last id of the batch (the next batch starts after it); None when empty.
+    pub fn last_id(&self) -> Option<Uuid> {
+        self.ids.last().copied()
+    }
+}
+
+/// Reads up to `limit` rows of `table` under `retired` after `after` (in id order) and
+/// re-seals them with the current key, in memory. An empty result: nothing left.
+pub async fn read_batch(
+    conn: &mut PgConnection,
     vault: &Vault,
     table: SealedTable,
     retired: &str,
+    after: Uuid,
     limit: i64,
-) -> Result<u64, CoreError> {
-    let mut tx = pool.begin().await?;
-    let rows: Vec<(Uuid, Uuid, Vec<u8>, Vec<u8>, bool)> = sqlx::query_as(table.lock())
+) -> Result<Resealed, CoreError> {
+    let rows: Vec<(Uuid, Uuid, Vec<u8>, Vec<u8>, bool)> = sqlx::query_as(table.read())
         .bind(retired)
         .bind(limit)
-        .fetch_all(&mut *tx)
+        .bind(after)
+        .fetch_all(&mut *conn)
         .await?;
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let (mut ids, mut cts, mut nonces) = (Vec::new(), Vec::new(), Vec::new());
-    let mut pools_with_available: Vec<Uuid> = Vec::new();
+    let mut out = Resealed::default();
     for (id, bound_to, ciphertext, nonce, available) in rows {
         let key = keys::SealedKey::from_parts(id, bound_to, ciphertext, nonce, retired.into())?;
         let plaintext = vault
             .open(id, bound_to, &key.sealed)
             .map_err(|e| CoreError::invariant(format!("key {id} cannot be opened: {e}")))?;
         let resealed = vault.seal(id, bound_to, &plaintext);
-        ids.push(id);
-        cts.push(resealed.ciphertext);
-        nonces.push(resealed.nonce.to_vec());
-        if available && !pools_with_available.contains(&bound_to) {
-            pools_with_available.push(bound_to);
+        out.ids.push(id);
+        out.ciphertexts.push(resealed.ciphertext);
+        out.nonces.push(resealed.nonce.to_vec());
+        if available && !out.pools_with_available.contains(&bound_to) {
+            out.pools_with_available.push(bound_to);
         }
     }
+    Ok(out)
+}
+
+/// Writes a re-sealed batch in one transaction; returns how many rows moved (rows another
+/// rotation moved meanwhile are skipped).
+pub async fn write_batch(
+    pool: &PgPool,
+    vault: &Vault,
+    table: SealedTable,
+    retired: &str,
+    batch: &Resealed,
+) -> Result<u64, CoreError> {
+    let mut tx = pool.begin().await?;
     let moved = sqlx::query(table.rewrite())
         .bind(vault.current_key_id())
-        .bind(&ids)
-        .bind(&cts)
-        .bind(&nonces)
+        .bind(&batch.ids)
+        .bind(&batch.ciphertexts)
+        .bind(&batch.nonces)
         .bind(retired)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-    for pool_id in pools_with_available {
+    for &pool_id in &batch.pools_with_available {
         queue::enqueue(&mut tx, &ReplenishPool { pool_id }).await?;
     }
     tx.commit().await?;
@@ -249,18 +282,54 @@ pub async fn reencrypt_all(
         total += secrets;
         on_batch(secrets);
         for table in [SealedTable::ManualKeys, SealedTable::PoolKeys] {
-            loop {
-                if out_of_time() {
-                    return Ok((total, false));
-                }
-                let moved = reencrypt_batch(pool, vault, table, retired, batch).await?;
-                if moved == 0 {
-                    break;
-                }
-                total += moved;
-                on_batch(moved);
+            let (moved, done) = reencrypt_table(
+                pool,
+                vault,
+                table,
+                retired,
+                batch,
+                &out_of_time,
+                &mut on_batch,
+            )
+            .await?;
+            total += moved;
+            if !done {
+                return Ok((total, false));
             }
         }
     }
     Ok((total, true))
+}
+
+/// Every row of `table` under `retired`, batch after batch: the next batch is read and
+/// re-sealed while the previous one is written. Returns (moved, finished).
+async fn reencrypt_table(
+    pool: &PgPool,
+    vault: &Vault,
+    table: SealedTable,
+    retired: &str,
+    batch: i64,
+    out_of_time: &impl Fn() -> bool,
+    on_batch: &mut impl FnMut(u64),
+) -> Result<(u64, bool), CoreError> {
+    let mut reader = pool.acquire().await?;
+    let mut total = 0;
+    let mut next = read_batch(&mut reader, vault, table, retired, Uuid::nil(), batch).await?;
+    loop {
+        let Some(last) = next.last_id() else {
+            return Ok((total, true));
+        };
+        if out_of_time() {
+            return Ok((total, false));
+        }
+        let current = next;
+        let (written, read) = tokio::join!(
+            write_batch(pool, vault, table, retired, &current),
+            read_batch(&mut reader, vault, table, retired, last, batch),
+        );
+        let moved = written?;
+        next = read?;
+        total += moved;
+        on_batch(moved);
+    }
 }

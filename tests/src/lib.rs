@@ -73,7 +73,7 @@ pub async fn spawn_app_sealing_with(options: AppOptions, vault: Arc<Vault>) -> T
         base: format!("http://{addr}"),
         pool,
         db_name,
-        client: reqwest::Client::new(),
+        client: test_client(),
         vault,
         tokens,
         options,
@@ -124,7 +124,7 @@ impl TestApp {
             base: format!("http://{addr}"),
             pool,
             db_name: self.db_name.clone(),
-            client: reqwest::Client::new(),
+            client: test_client(),
             vault,
             tokens,
             options: self.options.clone(),
@@ -272,6 +272,15 @@ impl TestApp {
 pub mod fixtures;
 pub mod tools;
 
+/// The tests' HTTP client: a request that gets no answer within two minutes fails its
+/// test instead of hanging the suite.
+fn test_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+        .expect("an HTTP client")
+}
+
 /// A worker running in-process against the test's database.
 pub struct WorkerHandle {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -279,12 +288,19 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    /// Graceful stop: stop taking jobs, let running ones finish.
+    /// Graceful stop: stop taking jobs, let running ones finish. A worker that has not
+    /// stopped after a minute fails the test (instead of hanging the suite).
     pub async fn stop(mut self) -> Result<(), String> {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
-        (&mut self.task).await.map_err(|e| e.to_string())?
+        match tokio::time::timeout(std::time::Duration::from_secs(60), &mut self.task).await {
+            Ok(joined) => joined.map_err(|e| e.to_string())?,
+            Err(_) => {
+                self.task.abort();
+                Err("the worker did not stop within 60 s of being asked".into())
+            }
+        }
     }
 
     /// Kills the worker mid-flight, like SIGKILL: its connections drop, its jobs stay
@@ -306,6 +322,7 @@ pub fn test_worker_config() -> autokey_worker::WorkerConfig {
         lock_timeout: std::time::Duration::from_secs(5),
         job_retention: std::time::Duration::from_secs(3600),
         maintenance_interval: std::time::Duration::from_secs(1),
+        manual_hold: std::time::Duration::from_secs(24 * 3600),
         batch_extra_orders: 63,
         fast_lane: true,
         webhooks: autokey_worker::webhooks::WebhookConfig {

@@ -978,3 +978,326 @@ async fn a_pool_may_replace_automatically_up_to_its_limit_per_order() {
     assert_pool_invariant(&app).await;
     worker.stop().await.expect("worker stops");
 }
+
+async fn owed_units(app: &TestApp, pool: Uuid) -> i64 {
+    scalar(
+        app,
+        "SELECT coalesce(sum(units), 0)::bigint FROM pool_owed WHERE pool_id = $1",
+        pool,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_waiting_replacement_is_owed_by_its_pool_and_a_refund_cancels_it() {
+    let app = spawn_app().await;
+    let worker = app.start_worker();
+    let (shop, seller, buyer, id, keys) = fulfilled_order(&app, 1, 1).await;
+    worker.stop().await.expect("worker stops");
+    let report_id = id_of(&report(&app, &buyer, id, keys[0]).await);
+    let r = app
+        .post(
+            &format!("/seller/key-reports/{report_id}/approve"),
+            &seller,
+            json!(null),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(owed_units(&app, shop.pool_id).await, 1);
+
+    // A key arrives while no worker runs: it is the waiting replacement's, not for sale.
+    fixtures::add_keys(&app, shop.pool_id, 1).await;
+    assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (1, 0, 0));
+    assert_eq!(sellable(&app, &seller, shop.offer_id).await, 0);
+    let (other_buyer, _) = app.buyer().await;
+    let r = app
+        .post("/orders", &other_buyer, json!({"offerId": shop.offer_id}))
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::BAD_REQUEST, "out_of_stock"),
+        "{:?}",
+        r.body
+    );
+
+    // The order is refunded before the replacement went out: no replacement, the report
+    // is closed, the key is for sale again.
+    assert_eq!(refund(&app, "wr-refund", id, 999).await, "refunded");
+    let listed = app.get("/seller/key-reports", &seller).await;
+    assert_eq!(listed.body["items"][0]["id"], report_id.to_string());
+    assert_eq!(listed.body["items"][0]["status"], "canceled");
+    assert_eq!(owed_units(&app, shop.pool_id).await, 0);
+    assert_eq!(sellable(&app, &seller, shop.offer_id).await, 1);
+    let r = app
+        .post(
+            &format!("/seller/key-reports/{report_id}/approve"),
+            &seller,
+            json!(null),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "conflict"));
+    let worker = app.start_worker();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        deliveries(&app, id).await,
+        1,
+        "a refunded order gets nothing"
+    );
+    assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (1, 0, 0));
+    assert_pool_invariant(&app).await;
+    worker.stop().await.expect("worker stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_delivered_by_hand_is_reported_and_replaced_by_its_seller_once() {
+    let app = spawn_app().await;
+    let (seller, offer) = manual_offer(&app, 3).await;
+    let (buyer, _) = app.buyer().await;
+    let id = id_of(&place(&app, &buyer, offer, 1).await);
+    pay(&app, &buyer, id).await;
+    let r = app
+        .post(
+            &format!("/seller/orders/{id}/deliver"),
+            &seller,
+            json!({"keys": ["HAND-KEY-0001"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let got = app.get(&format!("/orders/{id}"), &buyer).await;
+    let old: Uuid = got.body["keys"][0]["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(sellable(&app, &seller, offer).await, 2);
+
+    let reported = report(&app, &buyer, id, old).await;
+    assert_eq!(reported["status"], "open", "a seller decides by hand");
+    let report_id = id_of(&reported);
+    let listed = app.get("/seller/key-reports?status=open", &seller).await;
+    assert_eq!(listed.body["items"][0]["keyId"], old.to_string());
+    // Approving without a key cannot work: the seller types the replacement.
+    let r = app
+        .post(
+            &format!("/seller/key-reports/{report_id}/approve"),
+            &seller,
+            json!(null),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "conflict"));
+    let replace = format!("/seller/key-reports/{report_id}/replace");
+    for bad in [
+        json!({"key": "abc"}),
+        json!({"key": "HAND-KEY-0001"}),
+        json!({}),
+    ] {
+        let r = app.post(&replace, &seller, bad.clone()).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::BAD_REQUEST, "validation_failed"),
+            "{bad}: {:?}",
+            r.body
+        );
+    }
+    let (other, _) = app.seller().await;
+    let r = app
+        .post(&replace, &other, json!({"key": "HAND-KEY-0009"}))
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Two sessions of the seller answer at once: one replacement.
+    let (a, b) = tokio::join!(
+        app.post(&replace, &seller, json!({"key": "HAND-KEY-0002"})),
+        app.post(&replace, &seller, json!({"key": "HAND-KEY-0003"})),
+    );
+    assert_eq!(
+        (a.status, b.status),
+        (StatusCode::OK, StatusCode::OK),
+        "{a:?} {b:?}"
+    );
+    assert_eq!(a.body["status"], "approved");
+    assert_eq!(a.body["replacementKeyId"], b.body["replacementKeyId"]);
+    let new: Uuid = a.body["replacementKeyId"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) FROM manual_keys WHERE order_id = $1",
+            id
+        )
+        .await,
+        2
+    );
+    // The replacement left the seller's stock like a delivered unit.
+    assert_eq!(sellable(&app, &seller, offer).await, 1);
+
+    let got = app.get(&format!("/orders/{id}"), &buyer).await;
+    let shown = got.body["keys"].as_array().unwrap();
+    assert_eq!(shown.len(), 2, "{:?}", got.body);
+    let old_shown = shown.iter().find(|k| k["id"] == old.to_string()).unwrap();
+    assert_eq!(old_shown["replacedBy"], new.to_string());
+    let new_shown = shown.iter().find(|k| k["id"] == new.to_string()).unwrap();
+    assert_eq!(new_shown["replaces"], old.to_string());
+    assert!(
+        ["HAND-KEY-0002", "HAND-KEY-0003"].contains(&new_shown["key"].as_str().unwrap()),
+        "{new_shown:?}"
+    );
+    // The replaced key cannot be reported again; its replacement can.
+    let r = app
+        .post(
+            &format!("/orders/{id}/keys/{old}/report"),
+            &buyer,
+            json!({"reason": "again"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let second = report(&app, &buyer, id, new).await;
+    assert_eq!(second["status"], "open");
+    // A refund closes it: a refunded order gets no replacement.
+    assert_eq!(refund(&app, "hand-refund", id, 999).await, "refunded");
+    let r = app
+        .post(
+            &format!("/seller/key-reports/{}/replace", id_of(&second)),
+            &seller,
+            json!({"key": "HAND-KEY-0004"}),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "conflict"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seller_changes_its_pool_and_reads_reports_a_page_at_a_time() {
+    let app = spawn_app().await;
+    let worker = app.start_worker();
+    let (shop, seller, buyer, id, keys) = fulfilled_order(&app, 5, 3).await;
+    worker.stop().await.expect("worker stops");
+    let path = format!("/key-pools/{}", shop.pool_id);
+    let patch = |token: String, body: Value| {
+        let (app, path) = (&app, path.clone());
+        async move {
+            app.call(reqwest::Method::PATCH, &path, Some(&token), Some(body))
+                .await
+        }
+    };
+    let r = patch(
+        seller.clone(),
+        json!({"autoReplaceLimit": 2, "name": "Renamed"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        (r.body["autoReplaceLimit"].as_i64(), r.body["name"].as_str()),
+        (Some(2), Some("Renamed"))
+    );
+    assert_eq!(r.body["lowStockThreshold"], 0, "left as it was");
+    for bad in [
+        json!({"autoReplaceLimit": 101}),
+        json!({"autoReplaceLimit": -1}),
+        json!({"lowStockThreshold": -1}),
+        json!({"colour": "red"}),
+    ] {
+        let r = patch(seller.clone(), bad.clone()).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::BAD_REQUEST, "validation_failed"),
+            "{bad}"
+        );
+    }
+    let (other, _) = app.seller().await;
+    assert_eq!(
+        patch(other.clone(), json!({"autoReplaceLimit": 0}))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let r = patch(seller.clone(), json!({"autoReplaceLimit": 0})).await;
+    assert_eq!(r.body["autoReplaceLimit"], 0);
+    assert_eq!(r.body["name"], "Renamed");
+
+    let mut filed = Vec::new();
+    for k in &keys {
+        filed.push(id_of(&report(&app, &buyer, id, *k).await));
+    }
+    let first = app.get("/seller/key-reports?limit=2", &seller).await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    let page: Vec<&str> = first.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        page,
+        [filed[2].to_string(), filed[1].to_string()],
+        "newest first"
+    );
+    let cursor = first.body["nextCursor"].as_str().unwrap();
+    let next = app
+        .get(
+            &format!("/seller/key-reports?limit=2&cursor={cursor}"),
+            &seller,
+        )
+        .await;
+    assert_eq!(next.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(next.body["items"][0]["id"], filed[0].to_string());
+    assert_eq!(next.body["nextCursor"], Value::Null);
+    for bad in ["limit=0", "limit=501", "cursor=nope", "status=closed"] {
+        let r = app
+            .get(&format!("/seller/key-reports?{bad}"), &seller)
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_manual_order_stops_holding_its_stock_when_its_hold_runs_out() {
+    use autokey_worker::maintenance;
+    let app = spawn_app().await;
+    let (seller, offer) = manual_offer(&app, 3).await;
+    let (buyer, _) = app.buyer().await;
+    let abandoned = id_of(&place(&app, &buyer, offer, 2).await);
+    let paid = id_of(&place(&app, &buyer, offer, 1).await);
+    pay(&app, &buyer, paid).await;
+    // An unpaid AUTO_KEY order holds nothing and is left alone.
+    let shop = fixtures::shop(&app, 1).await;
+    let auto = id_of(&place(&app, &buyer, shop.offer_id, 1).await);
+    assert_eq!(sellable(&app, &seller, offer).await, 0);
+
+    let mut config = autokey_tests::test_worker_config();
+    config.manual_hold = Duration::from_secs(3600);
+    let sweep = maintenance::run_once(&app.pool, &config).await.unwrap();
+    assert_eq!(sweep.manual_holds_expired, 0, "the hold has not run out");
+    assert_eq!(sellable(&app, &seller, offer).await, 0);
+
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    config.manual_hold = Duration::from_millis(10);
+    let sweep = maintenance::run_once(&app.pool, &config).await.unwrap();
+    assert_eq!(sweep.manual_holds_expired, 1);
+    let status = |id: Uuid| {
+        let app = &app;
+        let buyer = &buyer;
+        async move {
+            let r = app.get(&format!("/orders/{id}"), buyer).await;
+            r.body["status"].as_str().unwrap().to_owned()
+        }
+    };
+    assert_eq!(status(abandoned).await, "CANCELED");
+    assert_eq!(status(paid).await, "PAID");
+    assert_eq!(status(auto).await, "PENDING");
+    assert_eq!(sellable(&app, &seller, offer).await, 2);
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) FROM events WHERE order_id = $1 AND type = 'order.canceled'",
+            abandoned
+        )
+        .await,
+        1
+    );
+    // Paying it now is refused; the units are someone else's to buy.
+    let r = app
+        .post(&format!("/orders/{abandoned}/pay"), &buyer, json!(null))
+        .await;
+    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "conflict"));
+    let sweep = maintenance::run_once(&app.pool, &config).await.unwrap();
+    assert_eq!(sweep.manual_holds_expired, 0);
+}

@@ -39,7 +39,7 @@ fn access(operation_id: &str) -> Access {
         "createPool" | "listPools" | "getPool" | "uploadKeys" | "listKeys" | "invalidateKey"
         | "saveDraft" | "publishOffer" | "setOfferStatus" | "listSellerOffers"
         | "listSellerOrders" | "deliverManualOrder" | "listKeyReports" | "approveKeyReport"
-        | "rejectKeyReport" => Access::Roles(SELLER),
+        | "rejectKeyReport" | "replaceManualKey" | "updatePool" => Access::Roles(SELLER),
         "createOrder" | "listOrders" | "getOrder" | "payOrder" | "cancelOrder" | "fulfillOrder"
         | "reportKey" => Access::Roles(BUYER_SIDE),
         "createWebhookEndpoint"
@@ -318,6 +318,8 @@ fn request(op: &Op, who: &Who, target: Target, world: &World) -> (String, Option
         "deliverManualOrder" => json!({"keys": [format!("MATRIX-MANUAL-{}", Uuid::new_v4())]}),
         "reportKey" => json!({"reason": "does not work"}),
         "rejectKeyReport" => json!({}),
+        "replaceManualKey" => json!({"key": format!("MATRIX-HAND-{}", Uuid::new_v4())}),
+        "updatePool" => json!({"lowStockThreshold": 0}),
         "paymentWebhook" => {
             json!({"type": "payment.succeeded", "data": {"orderId": world.buyer_order,
             "paymentId": "p", "amountCents": 500, "currency": "EUR"}})

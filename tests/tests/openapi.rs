@@ -114,7 +114,7 @@ async fn inventory_and_offer_routes_document_auth_and_error_bodies() {
             );
         }
     }
-    assert_eq!(seen, 11);
+    assert_eq!(seen, 12);
     let upload = &spec["paths"]["/key-pools/{poolId}/keys/upload"]["post"];
     let content = upload["requestBody"]["content"].as_object().unwrap();
     assert!(content.contains_key("application/json") && content.contains_key("text/plain"));

@@ -31,6 +31,7 @@ const GROWING: &[&str] = &[
     "payment_events",
     "key_pools",
     "offers",
+    "key_reports",
 ];
 
 const ORDERS: usize = 50_000;
@@ -112,6 +113,8 @@ struct World {
     backordered: Uuid,
     pending: Uuid,
     key: Uuid,
+    /// An open report on a key of a fulfilled order: (report, key, order).
+    report: (Uuid, Uuid, Uuid),
 }
 
 /// The state a launch leaves, built through the core's own functions.
@@ -237,7 +240,37 @@ async fn build(app: &TestApp) -> World {
                 .unwrap();
         }
     }
+    // Buyers report keys of 3k fulfilled orders; the seller approves 500 of them, which
+    // wait for replacements.
+    let delivered: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "SELECT order_id, key_id FROM order_deliveries WHERE order_id = ANY($1) ORDER BY order_id",
+    )
+    .bind(&ids[..3_000])
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let mut reports = Vec::with_capacity(delivered.len());
+    for (i, (order_id, key_id)) in delivered.iter().enumerate() {
+        let reported = store::key_reports::Reported::PoolKey {
+            key_id: *key_id,
+            pool_id: pool.id,
+        };
+        let r = store::key_reports::insert(&mut tx, *order_id, reported, "does not work")
+            .await
+            .unwrap();
+        if i % 6 == 0 {
+            transitions::replacement::approve(&mut tx, &r)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        reports.push(r);
+    }
+    tx.commit().await.unwrap();
+    let open = reports.last().unwrap();
     World {
+        report: (open.id, open.key_id, open.order_id),
         seller: seller_id,
         pool: pool.id,
         offer: offer.id,
@@ -302,7 +335,7 @@ fn uuids(u: &[Uuid]) -> String {
 }
 
 fn cases(w: &World) -> Vec<Case> {
-    use store::{idempotency, keys, offers, orders, pools};
+    use store::{idempotency, key_reports, keys, offers, orders, pools};
     let job = FulfillOrder::job_id_of(w.fresh);
     let seller = uuid(w.seller);
     let pool = uuid(w.pool);
@@ -507,6 +540,59 @@ fn cases(w: &World) -> Vec<Case> {
             pools::SELLABLE,
             "uuid",
             pool.clone(),
+        ),
+        case(
+            "a seller's orders, newest first",
+            orders::PAGE_FOR_SELLER,
+            "uuid, text, timestamptz, uuid, int8",
+            format!("{seller}, NULL, 'infinity', {}, 101", uuid(Uuid::max())),
+        ),
+        case(
+            "a seller's PAID orders, newest first",
+            orders::PAGE_FOR_SELLER,
+            "uuid, text, timestamptz, uuid, int8",
+            format!("{seller}, 'PAID', 'infinity', {}, 101", uuid(Uuid::max())),
+        ),
+        case(
+            "lock a seller's order",
+            orders::LOCK_FOR_SELLER,
+            "uuid, uuid",
+            format!("{fresh}, {seller}"),
+        ),
+        case(
+            "a seller's key reports, newest first",
+            key_reports::PAGE_FOR_SELLER,
+            "uuid, text, timestamptz, uuid, int8",
+            format!("{seller}, NULL, 'infinity', {}, 101", uuid(Uuid::max())),
+        ),
+        case(
+            "a seller's open key reports",
+            key_reports::PAGE_FOR_SELLER,
+            "uuid, text, timestamptz, uuid, int8",
+            format!("{seller}, 'open', 'infinity', {}, 101", uuid(Uuid::max())),
+        ),
+        case(
+            "approve a key report",
+            transitions::replacement::APPROVE,
+            "uuid, uuid, uuid",
+            format!(
+                "{}, {}, {}",
+                uuid(w.report.0),
+                uuid(w.report.1),
+                uuid(w.report.2)
+            ),
+        ),
+        case(
+            "replacements waiting in a pool",
+            transitions::replacement::LOCK_WAITING,
+            "uuid, int8",
+            format!("{pool}, 256"),
+        ),
+        case(
+            "refund a fulfilled order",
+            transitions::refund::REFUND_FULFILLED,
+            "uuid",
+            uuid(w.fulfilled),
         ),
         case(
             "release a canceled order's keys",

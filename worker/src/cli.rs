@@ -56,6 +56,11 @@ pub struct Cli {
     /// worker's metrics are open to whoever reaches the port.
     #[arg(long, env = "METRICS_TOKEN", hide_env_values = true, global = true)]
     pub metrics_token: Option<String>,
+    /// Minutes an unpaid order of a MANUAL offer holds its units of the seller's stock;
+    /// after that, maintenance cancels it (order.canceled) and the units are for sale again.
+    #[arg(long, env = "MANUAL_ORDER_HOLD_MINUTES", default_value_t = 1440,
+          value_parser = clap::value_parser!(u64).range(1..=525_600), global = true)]
+    pub manual_order_hold_minutes: u64,
 }
 
 #[derive(Subcommand)]
@@ -98,6 +103,7 @@ pub async fn run(cli: Cli) -> i32 {
                     concurrency: cli.concurrency.max(1),
                     name: cli.name,
                     vault,
+                    manual_hold: std::time::Duration::from_secs(cli.manual_order_hold_minutes * 60),
                     ..Default::default()
                 };
                 config.webhooks.allow_private = cli.webhook_allow_private_urls;

@@ -1,11 +1,13 @@
 //! Housekeeping that apalis-postgres leaves to us: pruning finished jobs and dead worker
-//! rows, and a sweeper that guarantees every paid order a live job.
+//! rows, a sweeper that guarantees every paid order a live job, and the end of abandoned
+//! MANUAL orders' holds on their seller's stock.
 
 use std::{sync::Arc, time::Duration};
 
 use autokey_shared::{
     jobs::{FulfillOrder, ReplenishPool, queue},
     store::{orders, pools},
+    transitions,
 };
 use sqlx::{PgConnection, PgPool};
 
@@ -18,11 +20,17 @@ where
     tokio::pin!(stopped);
     let mut tick = tokio::time::interval(config.maintenance_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Holds last hours: looking for expired ones once a minute is plenty.
+    let mut holds_checked = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = &mut stopped => return,
             _ = tick.tick() => {
-                if let Err(err) = run_once(&pool, &config).await {
+                let expire_holds = holds_checked.elapsed() >= HOLDS_EVERY;
+                if expire_holds {
+                    holds_checked = std::time::Instant::now();
+                }
+                if let Err(err) = run_chores(&pool, &config, expire_holds).await {
                     tracing::warn!(error = %err, "maintenance pass failed; will try again");
                 }
             }
@@ -30,14 +38,35 @@ where
     }
 }
 
+/// How often the periodic passes look for unpaid MANUAL orders past their hold.
+const HOLDS_EVERY: Duration = Duration::from_secs(60);
+
 /// One pass of every chore. Public so tests can run it without waiting.
 pub async fn run_once(pool: &PgPool, config: &WorkerConfig) -> Result<Sweep, sqlx::Error> {
+    run_chores(pool, config, true).await
+}
+
+async fn run_chores(
+    pool: &PgPool,
+    config: &WorkerConfig,
+    expire_holds: bool,
+) -> Result<Sweep, sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let pruned = queue::prune_done(&mut conn, config.job_retention).await?;
     // Worker names are unique per process start, so old rows would pile up forever.
     let gone = config.heartbeat * (config.missed_heartbeats as u32) * 10 + Duration::from_secs(600);
     queue::prune_workers(&mut conn, gone).await?;
     let sweep = sweep_waiting_orders(&mut conn, config).await?;
+    let placed_before =
+        chrono::Utc::now() - chrono::Duration::from_std(config.manual_hold).unwrap_or_default();
+    let expired = if expire_holds {
+        transitions::expire_manual_holds(&mut conn, placed_before, 1000).await?
+    } else {
+        0
+    };
+    if expired > 0 {
+        tracing::info!(expired, "unpaid MANUAL orders past their hold canceled");
+    }
     let dead = queue::dead_count(&mut conn).await?;
     if dead > 0 {
         tracing::error!(
@@ -48,7 +77,11 @@ pub async fn run_once(pool: &PgPool, config: &WorkerConfig) -> Result<Sweep, sql
     if pruned > 0 {
         tracing::debug!(pruned, "finished jobs pruned");
     }
-    Ok(Sweep { pruned, ..sweep })
+    Ok(Sweep {
+        pruned,
+        manual_holds_expired: expired as u64,
+        ..sweep
+    })
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +89,8 @@ pub struct Sweep {
     pub pruned: u64,
     pub fulfill_jobs_added: u64,
     pub replenish_jobs_added: u64,
+    /// Unpaid MANUAL orders canceled because their hold ran out.
+    pub manual_holds_expired: u64,
 }
 
 /// A paid order always has a live job: its own FulfillOrder, or — once that finished with

@@ -33,6 +33,9 @@ pub struct WorkerConfig {
     /// Finished jobs older than this are deleted.
     pub job_retention: Duration,
     pub maintenance_interval: Duration,
+    /// An unpaid order of a MANUAL offer older than this is canceled by maintenance,
+    /// giving back the units of stock it held (MANUAL_ORDER_HOLD_MINUTES).
+    pub manual_hold: Duration,
     /// Other waiting orders a fulfillment job serves in its own transaction (0: one
     /// order per transaction). Measured on a 20k backlog, 2 cores: 63 -> ~10k orders/s,
     /// 255 -> ~17k with one worker process and less contention between several.
@@ -57,6 +60,7 @@ impl Default for WorkerConfig {
             lock_timeout: Duration::from_secs(5),
             job_retention: Duration::from_secs(3600),
             maintenance_interval: Duration::from_secs(15),
+            manual_hold: Duration::from_secs(24 * 3600),
             batch_extra_orders: 255,
             fast_lane: true,
             webhooks: Default::default(),

@@ -9,6 +9,7 @@ pub mod key_reports;
 pub mod keys;
 pub mod me;
 pub mod metrics;
+pub mod offer_view;
 pub mod offers;
 pub mod orders;
 pub mod payments;

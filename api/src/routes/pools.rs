@@ -24,7 +24,7 @@ use crate::{
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_pool, list_pools))
-        .routes(routes!(get_pool))
+        .routes(routes!(get_pool, update_pool))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -148,4 +148,84 @@ async fn get_pool(
     let seller_id = auth.seller()?;
     let mut conn = state.pool.acquire().await?;
     Ok(Json(find_pool(&mut conn, seller_id, pool_id).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(example = json!({"autoReplaceLimit": 1}))]
+pub struct PoolUpdate {
+    #[schema(schema_with = crate::openapi::text::pool_name)]
+    name: Option<String>,
+    /// Below this many sellable keys the pool is low on stock. A new threshold is
+    /// compared at the pool's next change of stock.
+    #[schema(minimum = 0)]
+    #[serde(default, deserialize_with = "int::optional")]
+    low_stock_threshold: Option<i32>,
+    /// Reports on this pool's keys approved automatically, up to this many per order;
+    /// reports already filed keep their status.
+    #[schema(minimum = 0, maximum = 100)]
+    #[serde(default, deserialize_with = "int::optional")]
+    auto_replace_limit: Option<i32>,
+}
+
+/// Changes one of the caller's key pools: its name, low-stock threshold or automatic
+/// replacement limit (fields left out stay as they are).
+#[utoipa::path(patch, path = "/key-pools/{poolId}", tag = "key pools", security(("bearer" = [])),
+    operation_id = "updatePool", params(("poolId" = Uuid, Path)), request_body = PoolUpdate,
+    responses(
+        (status = 200, body = Pool, description = "The pool as it now is."),
+        (status = 400, description = "`validation_failed`: a bad name, threshold or limit.", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "not a seller token", body = ErrorBody),
+        (status = 404, description = "no such pool of this seller", body = ErrorBody),
+    ))]
+async fn update_pool(
+    auth: Auth,
+    State(state): State<AppState>,
+    Path(pool_id): Path<Uuid>,
+    Json(body): Json<PoolUpdate>,
+) -> Result<Json<Pool>, ApiError> {
+    let seller_id = auth.seller()?;
+    let name = body
+        .name
+        .as_deref()
+        .map(|n| text::field("name", n, 200, true))
+        .transpose()
+        .map_err(|e| ApiError::validation(e.to_string()))?;
+    if body
+        .auto_replace_limit
+        .is_some_and(|n| !(0..=100).contains(&n))
+    {
+        return Err(ApiError::validation(
+            "autoReplaceLimit must be between 0 and 100",
+        ));
+    }
+    let changes = store::pools::PoolChanges {
+        name,
+        low_stock_threshold: body.low_stock_threshold,
+        auto_replace_limit: body.auto_replace_limit,
+    };
+    let mut tx = state.pool.begin().await?;
+    let pool = store::pools::update_for_seller(&mut tx, seller_id, pool_id, &changes)
+        .await
+        .map_constraint(|c| {
+            (c == "key_pools_threshold_check")
+                .then(|| ApiError::validation("lowStockThreshold must be 0 or more"))
+        })?
+        .ok_or_else(ApiError::not_found)?;
+    store::audit::append(
+        &mut tx,
+        &auth.actor(),
+        "pool.updated",
+        None,
+        serde_json::json!({
+            "poolId": pool_id,
+            "nameChanged": changes.name.is_some(),
+            "lowStockThreshold": changes.low_stock_threshold,
+            "autoReplaceLimit": changes.auto_replace_limit,
+        }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(pool))
 }

@@ -16,15 +16,18 @@ use crate::model::ReportStatus;
 pub struct KeyReport {
     pub id: Uuid,
     pub order_id: Uuid,
+    /// The reported key: a pool key, or a key its seller delivered by hand (MANUAL).
     pub key_id: Uuid,
+    /// The pool of a pool key; None for a MANUAL key.
     #[serde(skip)]
-    pub pool_id: Uuid,
+    pub pool_id: Option<Uuid>,
     pub reason: String,
     pub status: ReportStatus,
     /// The seller's note on a rejection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
-    /// The key delivered in its place (absent while it waits for stock).
+    /// The key delivered in its place (absent while it waits for stock, or for a MANUAL
+    /// key's seller).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replacement_key_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
@@ -36,8 +39,9 @@ pub struct KeyReport {
 #[doc(hidden)]
 macro_rules! report_columns {
     () => {
-        "r.id, r.order_id, r.key_id, r.pool_id, r.reason, r.status, r.note, \
-         r.replacement_key_id, r.created_at, r.decided_at"
+        "r.id, r.order_id, coalesce(r.key_id, r.manual_key_id) AS key_id, r.pool_id, r.reason, \
+         r.status, r.note, coalesce(r.replacement_key_id, r.replacement_manual_key_id) \
+         AS replacement_key_id, r.created_at, r.decided_at"
     };
 }
 
@@ -59,24 +63,54 @@ pub async fn live_key_of_order(
     .await
 }
 
-/// A new open report; a key with a live (open or approved) report violates
-/// `key_reports_one_live_per_key` (the caller maps it).
-pub async fn insert(
+/// A key a seller delivered by hand to `order_id` and still valid (not replaced).
+pub async fn live_manual_key_of_order(
     conn: &mut PgConnection,
     order_id: Uuid,
     key_id: Uuid,
-    pool_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM manual_keys
+                        WHERE id = $2 AND order_id = $1 AND invalidated_at IS NULL)",
+    )
+    .bind(order_id)
+    .bind(key_id)
+    .fetch_one(conn)
+    .await
+}
+
+/// What a report is about: a pool key (with its pool) or a key delivered by hand.
+#[derive(Debug, Clone, Copy)]
+pub enum Reported {
+    PoolKey { key_id: Uuid, pool_id: Uuid },
+    ManualKey { key_id: Uuid },
+}
+
+/// A new open report, filed under the seller of the order's offer; a key with a live
+/// (open or approved) report violates `key_reports_one_live_per_key` or
+/// `key_reports_one_live_per_manual_key` (the caller maps them).
+pub async fn insert(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    reported: Reported,
     reason: &str,
 ) -> Result<KeyReport, sqlx::Error> {
+    let (key_id, pool_id, manual_key_id) = match reported {
+        Reported::PoolKey { key_id, pool_id } => (Some(key_id), Some(pool_id), None),
+        Reported::ManualKey { key_id } => (None, None, Some(key_id)),
+    };
     sqlx::query_as(concat!(
-        "INSERT INTO key_reports AS r (id, order_id, key_id, pool_id, reason)
-         VALUES ($1, $2, $3, $4, $5) RETURNING ",
+        "INSERT INTO key_reports AS r (id, order_id, key_id, pool_id, manual_key_id, reason, seller_id)
+         SELECT $1, $2, $3, $4, $5, $6, f.seller_id
+         FROM orders o JOIN offers f ON f.id = o.offer_id WHERE o.id = $2
+         RETURNING ",
         report_columns!()
     ))
     .bind(Uuid::now_v7())
     .bind(order_id)
     .bind(key_id)
     .bind(pool_id)
+    .bind(manual_key_id)
     .bind(reason)
     .fetch_one(conn)
     .await
@@ -95,25 +129,33 @@ pub async fn approved_for_order(
     .await
 }
 
-/// Up to `limit` reports on the seller's pools, newest first, optionally in one status.
-pub async fn for_seller(
+pub const PAGE_FOR_SELLER: &str = concat!(
+    "SELECT ",
+    report_columns!(),
+    " FROM key_reports r
+      WHERE r.seller_id = $1 AND ($2::text IS NULL OR r.status = $2)
+        AND (r.created_at, r.id) < ($3, $4)
+      ORDER BY r.created_at DESC, r.id DESC LIMIT $5"
+);
+
+/// Up to `fetch` reports on the seller's keys before `after`, newest first, optionally in
+/// one status.
+pub async fn page_for_seller(
     conn: &mut PgConnection,
     seller_id: Uuid,
     status: Option<ReportStatus>,
-    limit: i64,
+    after: Option<super::After>,
+    fetch: i64,
 ) -> Result<Vec<KeyReport>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        report_columns!(),
-        " FROM key_reports r JOIN key_pools p ON p.id = r.pool_id
-          WHERE p.seller_id = $1 AND ($2::text IS NULL OR r.status = $2)
-          ORDER BY r.created_at DESC, r.id DESC LIMIT $3"
-    ))
-    .bind(seller_id)
-    .bind(status)
-    .bind(limit)
-    .fetch_all(conn)
-    .await
+    let after = after.unwrap_or(super::After::END);
+    sqlx::query_as(PAGE_FOR_SELLER)
+        .bind(seller_id)
+        .bind(status)
+        .bind(after.created_at)
+        .bind(after.id)
+        .bind(fetch)
+        .fetch_all(conn)
+        .await
 }
 
 /// The report, row-locked, if it is about a key of the seller's pools; None (and nothing
@@ -127,8 +169,7 @@ pub async fn lock_for_seller(
         "SELECT ",
         report_columns!(),
         " FROM key_reports r
-          WHERE r.id = $1
-            AND EXISTS (SELECT 1 FROM key_pools p WHERE p.id = r.pool_id AND p.seller_id = $2)
+          WHERE r.id = $1 AND r.seller_id = $2
           FOR UPDATE OF r"
     ))
     .bind(id)

@@ -15,6 +15,7 @@ pub mod idempotency;
 pub mod key_reports;
 pub mod keys;
 pub mod offers;
+pub mod order_keys;
 pub mod orders;
 pub mod payments;
 pub mod pools;

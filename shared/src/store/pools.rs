@@ -212,6 +212,38 @@ pub async fn set_auto_replace_limit(
     .await
 }
 
+/// What a seller may change on its pool; None leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct PoolChanges {
+    pub name: Option<String>,
+    pub low_stock_threshold: Option<i32>,
+    pub auto_replace_limit: Option<i32>,
+}
+
+/// Changes the seller's pool; None when it has no such pool. A threshold below 0 violates
+/// `key_pools_threshold_check`, a limit outside 0..=100 `key_pools_auto_replace_check`.
+pub async fn update_for_seller(
+    conn: &mut PgConnection,
+    seller_id: Uuid,
+    pool_id: Uuid,
+    changes: &PoolChanges,
+) -> Result<Option<Pool>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "UPDATE key_pools SET name = coalesce($3, name),
+                low_stock_threshold = coalesce($4, low_stock_threshold),
+                auto_replace_limit = coalesce($5, auto_replace_limit)
+         WHERE id = $1 AND seller_id = $2 RETURNING ",
+        pool_columns!()
+    ))
+    .bind(pool_id)
+    .bind(seller_id)
+    .bind(changes.name.as_deref())
+    .bind(changes.low_stock_threshold)
+    .bind(changes.auto_replace_limit)
+    .fetch_optional(conn)
+    .await
+}
+
 /// The pool's automatic replacement limit (0 for an unknown pool).
 pub async fn auto_replace_limit(
     conn: &mut PgConnection,

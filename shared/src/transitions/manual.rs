@@ -8,7 +8,7 @@ use sqlx::PgConnection;
 use crate::{
     error::CoreError,
     model::ORDER_FULFILLED_CHANNEL,
-    store::{keys::NewKey, orders::OrderRow},
+    store::{key_reports::KeyReport, keys::NewKey, orders::OrderRow},
 };
 
 pub const DELIVER_MANUAL: &str = concat!(
@@ -88,4 +88,54 @@ pub async fn deliver(
             order.id
         ))),
     }
+}
+
+pub const REPLACE_MANUAL: &str = concat!(
+    "WITH old AS (UPDATE manual_keys SET invalidated_at = now()
+                  WHERE id = $2 AND order_id = $3 AND invalidated_at IS NULL
+                  RETURNING id),
+     m AS (INSERT INTO manual_keys (id, order_id, ciphertext, nonce, enc_key_id, fingerprint, replaces)
+           SELECT $4, $3, $5, $6, $7, $8, old.id FROM old
+           RETURNING id),
+     s AS (UPDATE offers SET stock_count = greatest(0, stock_count - 1)
+           WHERE id = (SELECT offer_id FROM orders WHERE id = $3) AND stock_count IS NOT NULL
+             AND EXISTS (SELECT 1 FROM m)
+           RETURNING 1),
+     r AS (UPDATE key_reports r SET status = 'approved', decided_at = now(),
+                  replacement_manual_key_id = (SELECT id FROM m)
+           WHERE r.id = $1 AND r.status = 'open' AND EXISTS (SELECT 1 FROM m)
+           RETURNING ",
+    crate::report_columns!(),
+    ")
+     SELECT * FROM r"
+);
+
+/// open -> approved for a report on a MANUAL key, which the caller has locked and checked
+/// (open, about a MANUAL key): the reported key is marked invalid and `key`, typed by the
+/// seller, is stored sealed for the same order as its replacement, in one statement. The
+/// replacement leaves the seller's stock like a delivered unit. None (nothing changed)
+/// when the reported key was already replaced. A key stored before violates
+/// `manual_keys_fingerprint_unique` (the caller maps it).
+pub async fn replace(
+    conn: &mut PgConnection,
+    report: &KeyReport,
+    key: &NewKey,
+) -> Result<Option<KeyReport>, CoreError> {
+    if report.pool_id.is_some() {
+        return Err(CoreError::invariant(format!(
+            "report {} is about a pool key: the worker delivers its replacement",
+            report.id
+        )));
+    }
+    Ok(sqlx::query_as(REPLACE_MANUAL)
+        .bind(report.id)
+        .bind(report.key_id)
+        .bind(report.order_id)
+        .bind(key.id)
+        .bind(&key.sealed.ciphertext[..])
+        .bind(&key.sealed.nonce[..])
+        .bind(key.sealed.enc_key_id.as_str())
+        .bind(&key.fingerprint[..])
+        .fetch_optional(conn)
+        .await?)
 }

@@ -165,6 +165,37 @@ pub async fn cancel(
     Ok((canceled, released))
 }
 
+pub const EXPIRE_MANUAL_HOLDS: &str = concat!(
+    "WITH x AS (SELECT o.id FROM offers f JOIN orders o ON o.offer_id = f.id
+                WHERE f.delivery_type = 'MANUAL' AND o.status = 'PENDING' AND o.created_at < $1
+                ORDER BY o.created_at LIMIT $2 FOR UPDATE OF o SKIP LOCKED),
+     c AS (UPDATE orders o SET status = 'CANCELED', canceled_at = now()
+           FROM x WHERE o.id = x.id AND o.status = 'PENDING'
+           RETURNING o.*, order_json(o) AS data),
+     e AS (",
+    order_events!("order.canceled", "c"),
+    ")
+     SELECT count(*) FROM c"
+);
+
+/// PENDING -> CANCELED for up to `limit` unpaid orders of MANUAL offers placed before
+/// `placed_before`. A MANUAL order holds its units of the seller's stock from the moment
+/// it is placed (so 50 orders at once on a stock of 10 place exactly 10); an abandoned one
+/// must not hold them forever. Orders someone else holds locked (a payment arriving) are
+/// left for the next pass. Returns how many were canceled, each with its
+/// `order.canceled` event.
+pub async fn expire_manual_holds(
+    conn: &mut PgConnection,
+    placed_before: DateTime<Utc>,
+    limit: i64,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(EXPIRE_MANUAL_HOLDS)
+        .bind(placed_before)
+        .bind(limit)
+        .fetch_one(conn)
+        .await
+}
+
 pub const INVALIDATE: &str = concat!(
     "WITH k AS (UPDATE keys SET status = 'INVALID', invalidated_at = now()
          WHERE id = $1 AND status = 'AVAILABLE' RETURNING *),

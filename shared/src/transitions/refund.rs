@@ -4,8 +4,10 @@
 //! may be in use by the refunded buyer, so it becomes INVALID with reason `refunded`
 //! (and its `key.invalidated` event). The deliveries stay as the order's history, marked
 //! `returned_at`, which frees the key for another delivery (`order_deliveries_key_unique`
-//! holds over deliveries not returned). A refund of a PAID order is a cancel
-//! ([`super::cancel`]).
+//! holds over deliveries not returned). The order's open reports, and approved ones
+//! still waiting for their replacement, become `canceled`: a refunded order gets no
+//! replacement (and a waiting one stops counting in its pool's owed units). A refund of a
+//! PAID order is a cancel ([`super::cancel`]).
 
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -34,9 +36,18 @@ pub const REFUND_FULFILLED: &str = "WITH o AS (UPDATE orders SET refunded_at = n
            SELECT gen_random_uuid(), 'key.invalidated', p.seller_id, inv.pool_id,
                   jsonb_build_object('keyId', inv.id, 'poolId', inv.pool_id,
                                      'invalidatedAt', inv.invalidated_at, 'reason', 'refunded')
-           FROM inv JOIN key_pools p ON p.id = inv.pool_id)
+           FROM inv JOIN key_pools p ON p.id = inv.pool_id),
+     rep AS (UPDATE key_reports r SET status = 'canceled', decided_at = now(),
+                    note = 'the order was refunded'
+             FROM o
+             WHERE r.order_id = o.id
+               AND (r.status = 'open'
+                    OR (r.status = 'approved' AND r.replacement_key_id IS NULL
+                        AND r.pool_id IS NOT NULL))
+             RETURNING 1)
      SELECT (SELECT count(*) FROM o), (SELECT count(*) FROM d), (SELECT count(*) FROM back),
-            (SELECT count(*) FROM inv), (SELECT min(pool_id::text) FROM back)::uuid";
+            (SELECT count(*) FROM inv), (SELECT min(pool_id::text) FROM back)::uuid,
+            (SELECT count(*) FROM rep)";
 
 /// What a refund of a FULFILLED order did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +56,8 @@ pub struct Refunded {
     pub returned: i64,
     /// Keys INVALID, reason `refunded` (revealed).
     pub invalidated: i64,
+    /// Open or waiting key reports closed (`canceled`).
+    pub reports_canceled: i64,
 }
 
 /// FULFILLED -> FULFILLED with `refunded_at`, for an order the caller has locked and
@@ -54,11 +67,17 @@ pub async fn refund_fulfilled(
     conn: &mut PgConnection,
     order_id: Uuid,
 ) -> Result<Refunded, CoreError> {
-    let (orders, deliveries, returned, invalidated, pool): (i64, i64, i64, i64, Option<Uuid>) =
-        sqlx::query_as(REFUND_FULFILLED)
-            .bind(order_id)
-            .fetch_one(&mut *conn)
-            .await?;
+    let (orders, deliveries, returned, invalidated, pool, reports_canceled): (
+        i64,
+        i64,
+        i64,
+        i64,
+        Option<Uuid>,
+        i64,
+    ) = sqlx::query_as(REFUND_FULFILLED)
+        .bind(order_id)
+        .fetch_one(&mut *conn)
+        .await?;
     if orders != 1 || deliveries != returned + invalidated {
         return Err(CoreError::invariant(format!(
             "a refund of order {order_id} touched {orders} orders, {deliveries} deliveries, \
@@ -71,5 +90,6 @@ pub async fn refund_fulfilled(
     Ok(Refunded {
         returned,
         invalidated,
+        reports_canceled,
     })
 }

@@ -46,14 +46,14 @@ pub async fn approve(
         .bind(report.order_id)
         .fetch_optional(&mut *conn)
         .await?;
+    let Some(pool_id) = report.pool_id else {
+        return Err(CoreError::invariant(format!(
+            "report {} is about a MANUAL key: its seller types the replacement",
+            report.id
+        )));
+    };
     if approved.is_some() {
-        queue::enqueue(
-            conn,
-            &ReplenishPool {
-                pool_id: report.pool_id,
-            },
-        )
-        .await?;
+        queue::enqueue(conn, &ReplenishPool { pool_id }).await?;
     }
     Ok(approved)
 }
