@@ -274,7 +274,9 @@ async fn reject_key_report(
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"key": "NEW-KEY-0001"}))]
 pub struct ManualReplacement {
-    /// The replacement key, typed by the seller (the same rules as an uploaded key).
+    /// The replacement key, typed by the seller (the same rules as an uploaded key:
+    /// trimmed, then 5 to 255 characters, no control character).
+    #[schema(min_length = 5, max_length = 255)]
     key: String,
 }
 
@@ -297,12 +299,12 @@ async fn replace_manual_key(
     Json(body): Json<ManualReplacement>,
 ) -> ApiResult<Json<KeyReport>> {
     let seller_id = auth.seller()?;
-    let key = key_input::validate(&body.key)
-        .map_err(|why| ApiError::validation(format!("key is invalid: {}", why.as_str())))?;
     let mut tx = state.pool.begin().await?;
     let report = store::key_reports::lock_for_seller(&mut tx, id, seller_id)
         .await?
         .ok_or_else(ApiError::not_found)?;
+    let key = key_input::validate(&body.key)
+        .map_err(|why| ApiError::validation(format!("key is invalid: {}", why.as_str())))?;
     if report.pool_id.is_some() {
         return Err(ApiError::Conflict(
             "this is a pool key: approve the report and the worker delivers its replacement".into(),
