@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{
@@ -161,12 +161,21 @@ pub async fn read_batch(
     after: Uuid,
     limit: i64,
 ) -> Result<Resealed, CoreError> {
+    // The read must walk `keys_enc_key_id_idx` in order and stop at the batch. Statistics
+    // taken before a rotation say the retired id is everywhere, taken during it anything:
+    // believing it rare, the planner would read every remaining key by bitmap and sort them
+    // (measured: 98 ms a batch at 300k keys left). Bitmap scans are off for this read only.
+    let mut tx = conn.begin().await?;
+    sqlx::query("SET LOCAL enable_bitmapscan = off")
+        .execute(&mut *tx)
+        .await?;
     let rows: Vec<(Uuid, Uuid, Vec<u8>, Vec<u8>, bool)> = sqlx::query_as(table.read())
         .bind(retired)
         .bind(limit)
         .bind(after)
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut *tx)
         .await?;
+    tx.commit().await?;
     let mut out = Resealed::default();
     for (id, bound_to, ciphertext, nonce, available) in rows {
         let key = keys::SealedKey::from_parts(id, bound_to, ciphertext, nonce, retired.into())?;
