@@ -1,7 +1,16 @@
 //! SQL-seeded state (labelled as such in the results): shops, keys and orders written
-//! straight into the tables, for the scenarios that compare with the API-built ones.
+//! without the HTTP API, for the scenarios that compare with the API-built ones. Keys go
+//! in by bulk SQL (ages set for realism); every order and key transition is the core's.
 
-use autokey_shared::{jobs::FulfillOrder, vault::Vault};
+use autokey_shared::{
+    jobs::queue,
+    store::{self, orders::NewOrder},
+    transitions::{
+        self,
+        delivery::{self, Take},
+    },
+    vault::Vault,
+};
 use sqlx::{Executor, PgPool};
 use uuid::Uuid;
 
@@ -120,107 +129,79 @@ pub async fn insert_keys(
     Ok(())
 }
 
-/// Sells the `n` oldest keys of a pool to as many old FULFILLED orders (with deliveries).
+/// Sells the `n` oldest keys of a pool to as many FULFILLED orders, through the core's
+/// own transitions (placed, paid with their jobs, delivered in batches as the worker does).
 async fn sell_oldest(pool: &PgPool, pool_id: Uuid, offer_id: Uuid, n: usize) -> Res<()> {
-    let mut tx = pool.begin().await?;
-    let keys: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM keys WHERE pool_id = $1 AND status = 'AVAILABLE' ORDER BY created_at, id LIMIT $2",
-    )
-    .bind(pool_id)
-    .bind(n as i64)
-    .fetch_all(&mut *tx)
-    .await?;
-    let orders: Vec<Uuid> = keys.iter().map(|_| Uuid::now_v7()).collect();
-    let buyers: Vec<Uuid> = keys.iter().map(|_| Uuid::new_v4()).collect();
-    sqlx::query(
-        "INSERT INTO orders (id, buyer_id, offer_id, pool_id, quantity, amount_cents, currency,
-                             status, created_at, paid_at, fulfilled_at)
-         SELECT o, b, $3, $4, 1, $5, 'EUR', 'FULFILLED',
-                now() - interval '1 day', now() - interval '1 day', now() - interval '1 day'
-         FROM unnest($1::uuid[], $2::uuid[]) AS t(o, b)",
-    )
-    .bind(&orders)
-    .bind(&buyers)
-    .bind(offer_id)
-    .bind(pool_id)
-    .bind(PRICE_CENTS)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE keys k SET status = 'DELIVERED', order_id = t.o, delivered_at = now() - interval '1 day'
-         FROM unnest($1::uuid[], $2::uuid[]) AS t(k, o) WHERE k.id = t.k",
-    )
-    .bind(&keys)
-    .bind(&orders)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO order_deliveries (order_id, key_id, delivered_at)
-         SELECT o, k, now() - interval '1 day' FROM unnest($1::uuid[], $2::uuid[]) AS t(o, k)",
-    )
-    .bind(&orders)
-    .bind(&keys)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    let mut placed = 0;
+    while placed < n {
+        let m = (n - placed).min(5000);
+        let orders: Vec<NewOrder> = (0..m).map(|_| new_order(offer_id, pool_id)).collect();
+        let mut tx = pool.begin().await?;
+        let rows = store::orders::insert_many(&mut tx, &orders).await?;
+        let paid: Vec<(Uuid, Option<&str>)> = rows.iter().map(|r| (r.id, None)).collect();
+        transitions::pay_many(&mut tx, &paid).await?;
+        tx.commit().await?;
+        placed += m;
+    }
+    loop {
+        let mut tx = pool.begin().await?;
+        let take = Take::Fresh {
+            pool_id,
+            except: Uuid::nil(),
+            limit: 256,
+        };
+        let orders = delivery::lock(&mut tx, take).await?;
+        if orders.is_empty() {
+            break;
+        }
+        let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
+        let jobs = queue::lock_pending_fulfillments(&mut tx, &ids).await?;
+        delivery::deliver(&mut tx, &orders).await?;
+        queue::mark_done(&mut tx, &jobs, None).await?;
+        tx.commit().await?;
+    }
     Ok(())
 }
 
-/// Inserts `n` orders of quantity 1, round-robin over the shop's pools. PAID orders get
-/// their FulfillOrder job in the same transaction (when `with_jobs`), by the api's own
-/// `jobs::queue::enqueue_many`.
+fn new_order(offer_id: Uuid, pool_id: Uuid) -> NewOrder {
+    NewOrder {
+        buyer_id: Uuid::new_v4(),
+        storefront_id: None,
+        offer_id,
+        pool_id: Some(pool_id),
+        quantity: 1,
+        amount_cents: PRICE_CENTS,
+        currency: "EUR".into(),
+    }
+}
+
+/// Places `n` orders of quantity 1, round-robin over the shop's pools, through the core's
+/// own insert; `paid` ones are paid by the core's payment transition, which enqueues each
+/// order's FulfillOrder job in the same transaction (natural job ids, the fast lane's grace
+/// and NOTIFY), so the worker finds them exactly as it finds paid orders' jobs.
 pub async fn seed_orders(
     pool: &PgPool,
     shop: &Shop,
     n: usize,
     paid: bool,
-    with_jobs: bool,
 ) -> Res<Vec<(Uuid, Uuid)>> {
     let mut out = Vec::with_capacity(n);
     for chunk_start in (0..n).step_by(5000) {
         let m = (n - chunk_start).min(5000);
-        let mut ids = Vec::with_capacity(m);
-        let mut buyers = Vec::with_capacity(m);
-        let mut offers = Vec::with_capacity(m);
-        let mut pools = Vec::with_capacity(m);
-        let mut ages = Vec::with_capacity(m);
-        for j in 0..m {
-            let i = chunk_start + j;
-            let p = i % shop.pools.len();
-            ids.push(Uuid::now_v7());
-            buyers.push(Uuid::new_v4());
-            offers.push(shop.offers[p]);
-            pools.push(shop.pools[p]);
-            // Paid in order, oldest first, all in the past.
-            ages.push((n - i) as i64);
-        }
+        let orders: Vec<NewOrder> = (chunk_start..chunk_start + m)
+            .map(|i| {
+                let p = i % shop.pools.len();
+                new_order(shop.offers[p], shop.pools[p])
+            })
+            .collect();
         let mut tx = pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO orders (id, buyer_id, offer_id, pool_id, quantity, amount_cents, currency, status, paid_at)
-             SELECT id, b, o, p, 1, $5, 'EUR', $6,
-                    CASE WHEN $6 = 'PAID' THEN now() - age * interval '1 millisecond' END
-             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $7::bigint[]) AS t(id, b, o, p, age)",
-        )
-        .bind(&ids)
-        .bind(&buyers)
-        .bind(&offers)
-        .bind(&pools)
-        .bind(PRICE_CENTS)
-        .bind(if paid { "PAID" } else { "PENDING" })
-        .bind(&ages)
-        .execute(&mut *tx)
-        .await?;
-        if paid && with_jobs {
-            // The api's own enqueue (natural job ids, the fast lane's grace and NOTIFY),
-            // so the worker finds these jobs exactly as it finds paid orders' jobs.
-            let jobs: Vec<FulfillOrder> = ids
-                .iter()
-                .map(|&order_id| FulfillOrder::new(order_id))
-                .collect();
-            autokey_shared::jobs::queue::enqueue_many(&mut tx, &jobs).await?;
+        let rows = store::orders::insert_many(&mut tx, &orders).await?;
+        if paid {
+            let pay: Vec<(Uuid, Option<&str>)> = rows.iter().map(|r| (r.id, None)).collect();
+            transitions::pay_many(&mut tx, &pay).await?;
         }
         tx.commit().await?;
-        out.extend(ids.into_iter().zip(pools));
+        out.extend(rows.iter().map(|r| (r.id, r.pool_id.unwrap_or_default())));
     }
     pool.execute("ANALYZE").await?;
     Ok(out)

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use autokey_shared::transitions::delivery;
 use uuid::Uuid;
 
 use crate::common::*;
@@ -88,7 +89,7 @@ pub async fn one(
     let per_pool = cfg.orders.div_ceil(pools);
     let t = Instant::now();
     let shop = seed_shop(&db.pool, &vault, pools, per_pool + 500, DELIVERED_PER_POOL).await?;
-    let backlog = seed_orders(&db.pool, &shop, cfg.orders, true, true).await?;
+    let backlog = seed_orders(&db.pool, &shop, cfg.orders, true).await?;
     let ids: Vec<Uuid> = backlog.iter().map(|(o, _)| *o).collect();
     eprintln!(
         "fulfill N={n}: seeded {} keys and {} PAID orders with jobs in {:.1} s",
@@ -97,29 +98,24 @@ pub async fn one(
         t.elapsed().as_secs_f64()
     );
 
-    // The newest order of pool 0 asks whether an older one waits: before the run, every
-    // other order of the pool is older and PAID.
-    let newest = backlog
-        .iter()
-        .rev()
-        .find(|(_, p)| *p == shop.pools[0])
-        .map(|(o, _)| *o)
-        .unwrap();
+    // Whether an order of pool 0 waits on a backordered one, asked before the run: every
+    // order of the pool is PAID (the core's own statement).
     let waits_before = explain(
-        env, db, &format!("fulfill-{pools}p-n{n}-older-order-waits"),
-        "SELECT EXISTS (
-             SELECT 1 FROM orders o, orders me
-             WHERE me.id = $2 AND o.pool_id = $1 AND o.status = 'PAID' AND o.backordered_at IS NOT NULL
-               AND (o.paid_at, o.id) < (me.paid_at, me.id))",
-        shop.pools[0], Some(newest),
-    ).await?;
+        env,
+        db,
+        &format!("fulfill-{pools}p-n{n}-first-waiting"),
+        delivery::FIRST_WAITING,
+        shop.pools[0],
+        Second::Except(Vec::new()),
+    )
+    .await?;
     let claim_before = explain(
         env,
         db,
         &format!("fulfill-{pools}p-n{n}-claim-before"),
-        CLAIM,
+        delivery::CLAIM_KEYS,
         shop.pools[0],
-        None,
+        Second::Limit(1),
     )
     .await?;
 
@@ -139,9 +135,9 @@ pub async fn one(
         env,
         db,
         &format!("fulfill-{pools}p-n{n}-claim-after"),
-        CLAIM,
+        delivery::CLAIM_KEYS,
         shop.pools[0],
-        None,
+        Second::Limit(1),
     )
     .await?;
     v["concurrency_per_worker"] = 8.into();
@@ -149,14 +145,18 @@ pub async fn one(
     v["explain"] = serde_json::json!({
         "claim_before": claim_before,
         "claim_after_burn_down": claim_after,
-        "older_order_waits_before": waits_before,
+        "first_waiting_before": waits_before,
     });
     Ok(v)
 }
 
-/// worker/src/fulfillment.rs `claim_available`, quantity 1.
-const CLAIM: &str = "SELECT id FROM keys WHERE pool_id = $1 AND status = 'AVAILABLE'
-         ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED";
+/// The second parameter of an explained core statement.
+enum Second {
+    /// `LIMIT $2` of the key claim.
+    Limit(i64),
+    /// `id <> ALL($2)` of the first waiting order.
+    Except(Vec<Uuid>),
+}
 
 /// EXPLAIN (ANALYZE, BUFFERS) of `sql` with bound parameters ($1 = pool, $2 = order), in a
 /// transaction rolled back; the plan goes to bench-results/tmp/<label>.txt. Returns the
@@ -167,14 +167,15 @@ async fn explain(
     label: &str,
     sql: &str,
     pool_id: Uuid,
-    order_id: Option<Uuid>,
+    second: Second,
 ) -> Res<serde_json::Value> {
     let mut tx = db.pool.begin().await?;
     let q = format!("EXPLAIN (ANALYZE, BUFFERS) {sql}");
     let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(q)).bind(pool_id);
-    if let Some(o) = order_id {
-        query = query.bind(o);
-    }
+    query = match second {
+        Second::Limit(n) => query.bind(n),
+        Second::Except(ids) => query.bind(ids),
+    };
     let lines: Vec<String> = query.fetch_all(&mut *tx).await?;
     tx.rollback().await?;
     let text = lines.join("\n");

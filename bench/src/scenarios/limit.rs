@@ -192,7 +192,7 @@ async fn pgbench_one(
     let vault = secrets.vault();
     let per_pool = orders.div_ceil(POOLS);
     let shop = seed_shop(&db.pool, &vault, POOLS, per_pool + 500, DELIVERED_PER_POOL).await?;
-    let backlog = seed_orders(&db.pool, &shop, orders, true, false).await?;
+    let backlog = seed_orders(&db.pool, &shop, orders, true).await?;
     db.pool
         .execute(
             "CREATE TABLE bench_jobs (id bigint PRIMARY KEY, order_id uuid NOT NULL, pool_id uuid NOT NULL,
