@@ -197,14 +197,14 @@ pub async fn read_batch(
 /// rotation moved meanwhile are skipped).
 pub async fn write_batch(
     pool: &PgPool,
-    vault: &Vault,
+    current_key_id: &str,
     table: SealedTable,
     retired: &str,
     batch: &Resealed,
 ) -> Result<u64, CoreError> {
     let mut tx = pool.begin().await?;
     let moved = sqlx::query(table.rewrite())
-        .bind(vault.current_key_id())
+        .bind(current_key_id)
         .bind(&batch.ids)
         .bind(&batch.ciphertexts)
         .bind(&batch.nonces)
@@ -322,23 +322,49 @@ async fn reencrypt_table(
     on_batch: &mut impl FnMut(u64),
 ) -> Result<(u64, bool), CoreError> {
     let mut reader = pool.acquire().await?;
+    let mut writing = tokio::task::JoinSet::new();
     let mut total = 0;
-    let mut next = read_batch(&mut reader, vault, table, retired, Uuid::nil(), batch).await?;
-    loop {
-        let Some(last) = next.last_id() else {
-            return Ok((total, true));
-        };
+    let mut after = Uuid::nil();
+    let finished = loop {
         if out_of_time() {
-            return Ok((total, false));
+            break false;
         }
-        let current = next;
-        let (written, read) = tokio::join!(
-            write_batch(pool, vault, table, retired, &current),
-            read_batch(&mut reader, vault, table, retired, last, batch),
+        let next = read_batch(&mut reader, vault, table, retired, after, batch).await?;
+        let Some(last) = next.last_id() else {
+            break true;
+        };
+        after = last;
+        // Batches are disjoint id ranges: WRITERS of them commit side by side while the
+        // next one is read and re-sealed.
+        while writing.len() >= WRITERS {
+            total += finish_write(&mut writing, on_batch).await?;
+        }
+        let (pool, current, retired) = (
+            pool.clone(),
+            vault.current_key_id().to_owned(),
+            retired.to_owned(),
         );
-        let moved = written?;
-        next = read?;
-        total += moved;
-        on_batch(moved);
+        writing.spawn(async move { write_batch(&pool, &current, table, &retired, &next).await });
+    };
+    while !writing.is_empty() {
+        total += finish_write(&mut writing, on_batch).await?;
     }
+    Ok((total, finished))
+}
+
+/// Batches written at once by one rotation.
+const WRITERS: usize = 2;
+
+/// Waits for one batch's write; returns how many rows it moved.
+async fn finish_write(
+    writing: &mut tokio::task::JoinSet<Result<u64, CoreError>>,
+    on_batch: &mut impl FnMut(u64),
+) -> Result<u64, CoreError> {
+    let moved = match writing.join_next().await {
+        Some(Ok(written)) => written?,
+        Some(Err(e)) => return Err(CoreError::invariant(format!("a batch write failed: {e}"))),
+        None => 0,
+    };
+    on_batch(moved);
+    Ok(moved)
 }
