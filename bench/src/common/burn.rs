@@ -2,7 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use autokey_shared::jobs::{FulfillOrder, Job};
+use autokey_shared::{
+    jobs::{FulfillOrder, queue},
+    store,
+};
 
 use uuid::Uuid;
 
@@ -34,9 +37,10 @@ pub async fn burn_down(
     let mut first_done: Option<Duration> = None;
     let mut first_done_count = 0i64;
     let finished = loop {
-        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'PAID'")
-            .fetch_one(&db.pool)
-            .await?;
+        let waiting = {
+            let mut conn = db.pool.acquire().await?;
+            store::orders::waiting_counts(&mut conn).await?.0
+        };
         let done = total - waiting;
         if first_done.is_none() && done > 0 {
             first_done = Some(start.elapsed());
@@ -67,26 +71,16 @@ pub async fn burn_down(
     for w in procs {
         w.kill().await;
     }
-    let (fulfilled, deliveries, distinct): (i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM orders WHERE id = ANY($1) AND status = 'FULFILLED'),
-                count(*), count(DISTINCT key_id)
-         FROM order_deliveries WHERE order_id = ANY($1)",
-    )
-    .bind(ids)
-    .fetch_one(&db.pool)
-    .await?;
+    let mut conn = db.pool.acquire().await?;
+    let (fulfilled, deliveries, distinct) = store::orders::delivery_summary(&mut conn, ids).await?;
     if fulfilled != total || deliveries != total || distinct != total {
         return Err(err(format!(
             "{label}: verification failed: {fulfilled} FULFILLED, {deliveries} deliveries, \
              {distinct} distinct keys (expected {total})"
         )));
     }
-    let jobs: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT status, count(*) FROM apalis.jobs WHERE job_type = $1 GROUP BY status ORDER BY status",
-    )
-    .bind(FulfillOrder::QUEUE)
-    .fetch_all(&db.pool)
-    .await?;
+    let jobs = queue::counts_of::<FulfillOrder>(&mut conn).await?;
+    drop(conn);
     let secs = finished.as_secs_f64();
     let first = first_done.unwrap_or(finished);
     let steady = if finished > first {

@@ -209,6 +209,16 @@ pub async fn live_counts(
     ))
 }
 
+/// Jobs of `J`'s queue by status, Done included (a benchmark's account of who ran what).
+pub async fn counts_of<J: Job>(conn: &mut PgConnection) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT status, count(*) FROM apalis.jobs WHERE job_type = $1 GROUP BY status ORDER BY status",
+    )
+    .bind(J::QUEUE)
+    .fetch_all(conn)
+    .await
+}
+
 /// How many jobs of `J`'s queue are waiting or running (not Done, not dead).
 pub async fn live_of<J: Job>(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(

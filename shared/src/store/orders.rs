@@ -246,6 +246,22 @@ pub async fn paid_before(
     .await
 }
 
+/// Of `ids`: how many are FULFILLED, how many deliveries they have and how many distinct
+/// keys those deliver (a benchmark's check that each order got exactly its own key).
+pub async fn delivery_summary(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<(i64, i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM orders WHERE id = ANY($1) AND status = 'FULFILLED'),
+                count(*), count(DISTINCT key_id)
+         FROM order_deliveries WHERE order_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_one(conn)
+    .await
+}
+
 /// (PAID orders, of which backordered), for the metrics.
 pub async fn waiting_counts(conn: &mut PgConnection) -> Result<(i64, i64), sqlx::Error> {
     sqlx::query_as(
