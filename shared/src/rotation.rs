@@ -133,6 +133,10 @@ impl SealedTable {
     }
 }
 
+/// A row as a batch reads it: (id, the id the seal is bound to, ciphertext, nonce,
+/// AVAILABLE?).
+type SealedRow = (Uuid, Uuid, Vec<u8>, Vec<u8>, bool);
+
 /// A batch read and re-sealed, ready to be written.
 #[derive(Debug, Default)]
 pub struct Resealed {
@@ -169,7 +173,7 @@ pub async fn read_batch(
     sqlx::query("SET LOCAL enable_bitmapscan = off")
         .execute(&mut *tx)
         .await?;
-    let rows: Vec<(Uuid, Uuid, Vec<u8>, Vec<u8>, bool)> = sqlx::query_as(table.read())
+    let rows: Vec<SealedRow> = sqlx::query_as(table.read())
         .bind(retired)
         .bind(limit)
         .bind(after)

@@ -105,18 +105,18 @@ async fn report_key(
         }
         Reported::ManualKey { .. } => 0,
     };
-    if i64::from(limit) > store::key_reports::approved_for_order(&mut tx, id).await? {
-        if let Some(approved) = transitions::replacement::approve(&mut tx, &report).await? {
-            store::audit::append(
-                &mut tx,
-                &auth.actor(),
-                "key_report.auto_approved",
-                Some(id),
-                serde_json::json!({ "reportId": report.id, "keyId": key_id }),
-            )
-            .await?;
-            report = approved;
-        }
+    if i64::from(limit) > store::key_reports::approved_for_order(&mut tx, id).await?
+        && let Some(approved) = transitions::replacement::approve(&mut tx, &report).await?
+    {
+        store::audit::append(
+            &mut tx,
+            &auth.actor(),
+            "key_report.auto_approved",
+            Some(id),
+            serde_json::json!({ "reportId": report.id, "keyId": key_id }),
+        )
+        .await?;
+        report = approved;
     }
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(report)))

@@ -299,12 +299,10 @@ pub async fn page_for_seller(
         .await
 }
 
-pub const LOCK_FOR_SELLER: &str = concat!(
-    "SELECT o.id, o.buyer_id, o.storefront_id, o.offer_id, o.pool_id, o.quantity,
+pub const LOCK_FOR_SELLER: &str = "SELECT o.id, o.buyer_id, o.storefront_id, o.offer_id, o.pool_id, o.quantity,
             o.amount_cents, o.currency, o.status, o.created_at, o.paid_at, o.fulfilled_at,
             o.canceled_at, o.refunded_at, f.delivery_type FROM orders o JOIN offers f ON f.id = o.offer_id
-     WHERE o.id = $1 AND f.seller_id = $2 FOR UPDATE OF o"
-);
+     WHERE o.id = $1 AND f.seller_id = $2 FOR UPDATE OF o";
 
 /// An order of one of the seller's offers, row-locked, with its offer's delivery type;
 /// None (and nothing locked) for another seller's.
