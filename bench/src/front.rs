@@ -128,7 +128,7 @@ impl Front {
     /// The caller of order `i`: every fourth order is placed by one of the buyer tokens
     /// (in turn), the others by the storefront for one of 10,000 customers.
     pub fn who(&self, i: usize) -> Who {
-        if !self.buyers.is_empty() && i % 4 == 0 {
+        if !self.buyers.is_empty() && i.is_multiple_of(4) {
             Who {
                 token: self.buyers[(i / 4) % self.buyers.len()].clone(),
                 customer: None,

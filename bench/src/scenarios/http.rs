@@ -375,9 +375,12 @@ async fn get_orders(
 async fn wait_no_paid(front: &Front, limit: Duration) -> Res<f64> {
     let start = std::time::Instant::now();
     loop {
-        let paid: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'PAID'")
-            .fetch_one(&front.db.pool)
-            .await?;
+        let paid = {
+            let mut conn = front.db.pool.acquire().await?;
+            autokey_shared::store::orders::waiting_counts(&mut conn)
+                .await?
+                .0
+        };
         if paid == 0 {
             return Ok(start.elapsed().as_secs_f64());
         }

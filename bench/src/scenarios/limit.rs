@@ -245,9 +245,11 @@ async fn pgbench_one(
                 String::from_utf8_lossy(&out.stderr)
             ))
         })?;
-    let fulfilled: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'FULFILLED' AND paid_at IS NOT NULL AND fulfilled_at > now() - interval '1 hour'")
-        .fetch_one(&db.pool)
-        .await?;
+    let fulfilled = {
+        let mut conn = db.pool.acquire().await?;
+        let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+        autokey_shared::store::orders::fulfilled_since(&mut conn, hour_ago).await?
+    };
     let expected = (per_client * clients) as i64;
     if fulfilled != expected {
         return Err(err(format!(

@@ -151,13 +151,10 @@ async fn body(env: &Env, cfg: &Cfg, front: &Arc<Front>) -> Res<serde_json::Value
         };
         let create = sorted(|a| a.create_ms);
         let pay = sorted(|a| a.pay_ms);
-        let db_ms: Vec<f64> = sqlx::query_scalar(
-            "SELECT (extract(epoch FROM fulfilled_at - paid_at) * 1000)::float8
-             FROM orders WHERE id = ANY($1) AND status = 'FULFILLED' ORDER BY 1",
-        )
-        .bind(&ids)
-        .fetch_all(&front.db.pool)
-        .await?;
+        let db_ms = {
+            let mut conn = front.db.pool.acquire().await?;
+            autokey_shared::store::orders::pay_to_fulfilled_ms(&mut conn, &ids).await?
+        };
         let split = breakdown(&front.db.pool, &ids).await?;
         let achieved = (n - not_issued) as f64 / issued_secs;
         let target = rate == 200;
@@ -249,17 +246,6 @@ fn ms(d: Duration) -> f64 {
 /// Which path served the orders (fast lane, another order's batch, the queue's fetch),
 /// from the jobs' recorded results.
 async fn breakdown(db: &sqlx::PgPool, orders: &[Uuid]) -> Res<(i64, i64, i64)> {
-    Ok(sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE r = 'served by the fast lane'),
-                count(*) FILTER (WHERE r = 'served in a batch'),
-                count(*) FILTER (WHERE r IS DISTINCT FROM 'served by the fast lane'
-                                   AND r IS DISTINCT FROM 'served in a batch')
-         FROM (SELECT (SELECT j.last_result ->> 'Ok' FROM apalis.jobs j
-                       WHERE j.job_type = $2 AND j.idempotency_key = o.id::text) AS r
-               FROM orders o WHERE o.id = ANY($1) AND o.status = 'FULFILLED') t",
-    )
-    .bind(orders)
-    .bind(<autokey_shared::jobs::FulfillOrder as autokey_shared::jobs::Job>::QUEUE)
-    .fetch_one(db)
-    .await?)
+    let mut conn = db.acquire().await?;
+    Ok(autokey_shared::jobs::queue::fulfillment_breakdown(&mut conn, orders).await?)
 }

@@ -209,6 +209,27 @@ pub async fn live_counts(
     ))
 }
 
+/// Who served the FULFILLED orders of `order_ids`, from their jobs' recorded results:
+/// (the fast lane, another job's batch, anything else: their own queue run).
+pub async fn fulfillment_breakdown(
+    conn: &mut PgConnection,
+    order_ids: &[Uuid],
+) -> Result<(i64, i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE r = 'served by the fast lane'),
+                count(*) FILTER (WHERE r = 'served in a batch'),
+                count(*) FILTER (WHERE r IS DISTINCT FROM 'served by the fast lane'
+                                   AND r IS DISTINCT FROM 'served in a batch')
+         FROM (SELECT (SELECT j.last_result ->> 'Ok' FROM apalis.jobs j
+                       WHERE j.job_type = $2 AND j.idempotency_key = o.id::text) AS r
+               FROM orders o WHERE o.id = ANY($1) AND o.status = 'FULFILLED') t",
+    )
+    .bind(order_ids)
+    .bind(FulfillOrder::QUEUE)
+    .fetch_one(conn)
+    .await
+}
+
 /// Jobs of `J`'s queue by status, Done included (a benchmark's account of who ran what).
 pub async fn counts_of<J: Job>(conn: &mut PgConnection) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as(

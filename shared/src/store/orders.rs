@@ -262,6 +262,35 @@ pub async fn delivery_summary(
     .await
 }
 
+/// Pay -> FULFILLED of each FULFILLED order of `ids`, in milliseconds from the database's
+/// own timestamps, shortest first (a benchmark's latency).
+pub async fn pay_to_fulfilled_ms(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<f64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT (extract(epoch FROM fulfilled_at - paid_at) * 1000)::float8
+         FROM orders WHERE id = ANY($1) AND status = 'FULFILLED' ORDER BY 1",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+}
+
+/// Paid orders FULFILLED since `since` (a benchmark's check of its own run).
+pub async fn fulfilled_since(
+    conn: &mut PgConnection,
+    since: DateTime<Utc>,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM orders
+         WHERE status = 'FULFILLED' AND paid_at IS NOT NULL AND fulfilled_at > $1",
+    )
+    .bind(since)
+    .fetch_one(conn)
+    .await
+}
+
 /// (PAID orders, of which backordered), for the metrics.
 pub async fn waiting_counts(conn: &mut PgConnection) -> Result<(i64, i64), sqlx::Error> {
     sqlx::query_as(
