@@ -57,9 +57,9 @@ async fn run_chores(
     let gone = config.heartbeat * (config.missed_heartbeats as u32) * 10 + Duration::from_secs(600);
     queue::prune_workers(&mut conn, gone).await?;
     let sweep = sweep_waiting_orders(&mut conn, config).await?;
-    let placed_before =
-        chrono::Utc::now() - chrono::Duration::from_std(config.manual_hold).unwrap_or_default();
     let expired = if expire_holds {
+        let placed_before =
+            chrono::Utc::now() - chrono::Duration::from_std(config.manual_hold).unwrap_or_default();
         transitions::expire_manual_holds(&mut conn, placed_before, 1000).await?
     } else {
         0

@@ -84,20 +84,12 @@ async fn create_pool(
     let seller_id = auth.seller()?;
     let name = text::field("name", body.name.as_deref().unwrap_or(""), 200, true)
         .map_err(|e| ApiError::validation(e.to_string()))?;
-    let auto_replace = body.auto_replace_limit.unwrap_or(0);
-    if !(0..=100).contains(&auto_replace) {
-        return Err(ApiError::validation(
-            "autoReplaceLimit must be between 0 and 100",
-        ));
-    }
+    let auto_replace = checked_auto_replace(body.auto_replace_limit)?.unwrap_or(0);
     let mut tx = state.pool.begin().await?;
     let threshold = body.low_stock_threshold.unwrap_or(0);
     let mut pool = store::pools::create(&mut tx, seller_id, &name, threshold)
         .await
-        .map_constraint(|c| {
-            (c == "key_pools_threshold_check")
-                .then(|| ApiError::validation("lowStockThreshold must be 0 or more"))
-        })?;
+        .map_constraint(threshold_constraint)?;
     if auto_replace > 0 {
         pool = store::pools::set_auto_replace_limit(&mut tx, pool.id, auto_replace).await?;
     }
@@ -192,26 +184,15 @@ async fn update_pool(
         .map(|n| text::field("name", n, 200, true))
         .transpose()
         .map_err(|e| ApiError::validation(e.to_string()))?;
-    if body
-        .auto_replace_limit
-        .is_some_and(|n| !(0..=100).contains(&n))
-    {
-        return Err(ApiError::validation(
-            "autoReplaceLimit must be between 0 and 100",
-        ));
-    }
     let changes = store::pools::PoolChanges {
         name,
         low_stock_threshold: body.low_stock_threshold,
-        auto_replace_limit: body.auto_replace_limit,
+        auto_replace_limit: checked_auto_replace(body.auto_replace_limit)?,
     };
     let mut tx = state.pool.begin().await?;
     let pool = store::pools::update_for_seller(&mut tx, seller_id, pool_id, &changes)
         .await
-        .map_constraint(|c| {
-            (c == "key_pools_threshold_check")
-                .then(|| ApiError::validation("lowStockThreshold must be 0 or more"))
-        })?
+        .map_constraint(threshold_constraint)?
         .ok_or_else(ApiError::not_found)?;
     store::audit::append(
         &mut tx,
@@ -228,4 +209,20 @@ async fn update_pool(
     .await?;
     tx.commit().await?;
     Ok(Json(pool))
+}
+
+/// `autoReplaceLimit`, checked against its bounds.
+fn checked_auto_replace(limit: Option<i32>) -> Result<Option<i32>, ApiError> {
+    match limit {
+        Some(n) if !(0..=100).contains(&n) => Err(ApiError::validation(
+            "autoReplaceLimit must be between 0 and 100",
+        )),
+        _ => Ok(limit),
+    }
+}
+
+/// The answer to a negative threshold, which the database refuses.
+fn threshold_constraint(name: &str) -> Option<ApiError> {
+    (name == "key_pools_threshold_check")
+        .then(|| ApiError::validation("lowStockThreshold must be 0 or more"))
 }
