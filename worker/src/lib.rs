@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod reencrypt;
 pub mod replenish;
 pub mod runner;
+mod tasks;
 pub mod webhooks;
 
 pub use runner::{WorkerConfig, run};

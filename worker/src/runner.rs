@@ -5,13 +5,11 @@ use std::{sync::Arc, time::Duration};
 
 use apalis::prelude::*;
 use apalis_postgres::{Config as QueueConfig, PostgresStorage, Pubsub};
-use autokey_shared::jobs::{
-    self, FulfillOrder, Job, JobError, ReencryptKeys, ReplenishPool, queue,
-};
+use autokey_shared::jobs::{self, FulfillOrder, Job, JobError, ReplenishPool, queue};
 use sqlx::PgPool;
 use tracing::Instrument;
 
-use crate::{batch, fast_lane, fulfillment::Outcome, maintenance, replenish};
+use crate::{batch, fulfillment::Outcome, replenish};
 
 /// How a worker process behaves; `Default` is production's.
 #[derive(Debug, Clone)]
@@ -92,7 +90,7 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// The queue's storage; `listen` also wakes the worker on each announced insert, else it
 /// polls every `poll_interval`.
-fn storage<J: Job>(
+pub(crate) fn storage<J: Job>(
     pool: &PgPool,
     config: &WorkerConfig,
     listen: bool,
@@ -179,7 +177,7 @@ pub(crate) fn log_outcome(order_id: uuid::Uuid, done: &batch::BatchOutcome) {
     }
 }
 
-async fn handle_fulfill(
+pub(crate) async fn handle_fulfill(
     job: FulfillOrder,
     attempt: Attempt,
     task_id: TaskId,
@@ -210,7 +208,7 @@ async fn handle_fulfill(
     .await
 }
 
-async fn handle_replenish(
+pub(crate) async fn handle_replenish(
     job: ReplenishPool,
     attempt: Attempt,
     task_id: TaskId,
@@ -238,137 +236,4 @@ async fn handle_replenish(
     }
 }
 
-async fn wait_for_stop(mut rx: tokio::sync::watch::Receiver<bool>) -> Result<(), std::io::Error> {
-    let _ = rx.wait_for(|stop| *stop).await;
-    Ok(())
-}
-
-/// Runs a queue's apalis worker until shutdown. apalis ends a worker at the first error
-/// of its backend (a heartbeat or a fetch while the database restarts, a terminated
-/// connection), which would leave the process running without that queue; so it is
-/// started again, under a new identity, a second later. Jobs it was running are handed to
-/// live workers after the heartbeat timeout, as a dead process's are.
-async fn supervise<F, Fut>(
-    queue: &'static str,
-    stop: tokio::sync::watch::Receiver<bool>,
-    mut start: F,
-) -> Result<(), WorkerError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), WorkerError>>,
-{
-    loop {
-        let result = start().await;
-        if *stop.borrow() {
-            return result;
-        }
-        let Err(err) = result else { return Ok(()) };
-        tracing::error!(queue, error = %err, "queue worker stopped on a backend error; starting it again in 1 s");
-        let mut stop = stop.clone();
-        tokio::select! {
-            _ = stop.wait_for(|stop| *stop) => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-}
-
-/// Runs the fulfillment and replenishment workers and the maintenance loop until
-/// `shutdown` resolves; then stops taking jobs and lets running ones finish.
-pub async fn run(
-    pool: PgPool,
-    config: WorkerConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), BoxDynError> {
-    autokey_shared::metrics::handle();
-    let ctx = Ctx {
-        pool: pool.clone(),
-        config: Arc::new(config.clone()),
-    };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = || wait_for_stop(stop_rx.clone());
-
-    let fulfill = supervise(FulfillOrder::QUEUE, stop_rx.clone(), || {
-        WorkerBuilder::new(unique_name(&format!("{}-fulfill", config.name)))
-            .backend(storage::<FulfillOrder>(&pool, &config, !config.fast_lane))
-            .concurrency(config.concurrency.max(1))
-            .data(ctx.clone())
-            .build(handle_fulfill)
-            .run_until(stopped())
-    });
-    let replenish = supervise(ReplenishPool::QUEUE, stop_rx.clone(), || {
-        WorkerBuilder::new(unique_name(&format!("{}-replenish", config.name)))
-            .backend(storage::<ReplenishPool>(&pool, &config, true))
-            .concurrency(2)
-            .data(ctx.clone())
-            .build(handle_replenish)
-            .run_until(stopped())
-    });
-    let reencrypt = {
-        let run = config.vault.is_some();
-        let stop = stop_rx.clone();
-        let (pool, config, ctx) = (pool.clone(), config.clone(), ctx.clone());
-        async move {
-            if !run {
-                return Ok(());
-            }
-            supervise(ReencryptKeys::QUEUE, stop.clone(), || {
-                WorkerBuilder::new(unique_name(&format!("{}-reencrypt", config.name)))
-                    .backend(storage::<ReencryptKeys>(&pool, &config, true))
-                    .concurrency(1)
-                    .data(ctx.clone())
-                    .build(crate::reencrypt::handle_reencrypt)
-                    .run_until(wait_for_stop(stop.clone()))
-            })
-            .await
-        }
-    };
-    let maintenance = maintenance::run(pool.clone(), ctx.config.clone(), stopped());
-    let fast_lane = {
-        let (pool, config, stop) = (pool.clone(), ctx.config.clone(), stopped());
-        async move {
-            if config.fast_lane {
-                let stop = async move {
-                    let _ = stop.await;
-                };
-                if let Err(e) = fast_lane::run(pool, config, stop).await {
-                    // The queue's workers still poll; only the latency suffers.
-                    tracing::error!(error = %e, "fast lane stopped; jobs are polled");
-                }
-            }
-        }
-    };
-
-    let webhooks = {
-        let (pool, config, stop) = (pool.clone(), ctx.config.clone(), stopped());
-        async move {
-            match &config.vault {
-                Some(vault) => {
-                    let stop = async move {
-                        let _ = stop.await;
-                    };
-                    crate::webhooks::run(pool, vault.clone(), config.webhooks.clone(), stop).await
-                }
-                None => tracing::warn!(
-                    "ENCRYPTION_KEY is not set: outgoing webhooks are not sent by this worker"
-                ),
-            }
-        }
-    };
-
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let (a, b, c, _, _, _) = tokio::join!(
-        fulfill,
-        replenish,
-        reencrypt,
-        maintenance,
-        fast_lane,
-        webhooks
-    );
-    a?;
-    b?;
-    c?;
-    Ok(())
-}
+pub use crate::tasks::run;
