@@ -1,7 +1,7 @@
 //! The audit log: who did what to which order, appended in the same transaction as the
 //! act (never a key or a secret).
 
-use sqlx::PgConnection;
+use sqlx::{Acquire, PgConnection};
 use uuid::Uuid;
 
 use crate::model::Role;
@@ -66,13 +66,19 @@ pub struct AuditFilter {
 }
 
 /// A page of the trail, newest first. Each filter is a plain equality or containment on
-/// an indexed column, walked backwards by id and bounded by `limit`.
+/// an indexed column, walked backwards by id and bounded by `limit`. Planned with the
+/// filters' values (a custom plan, though our connections keep generic plans): which
+/// index serves the search depends on which filters are set.
 pub async fn page(
     conn: &mut PgConnection,
     filter: &AuditFilter,
     limit: i64,
 ) -> Result<Vec<AuditRow>, sqlx::Error> {
-    sqlx::query_as(
+    let mut tx = conn.begin().await?;
+    sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan")
+        .execute(&mut *tx)
+        .await?;
+    let rows = sqlx::query_as(
         "SELECT id, at, actor_role AS role, actor_subject AS subject_id,
                 actor_token_id AS token_id, action, object_ids, details AS detail
          FROM audit_log
@@ -93,6 +99,8 @@ pub async fn page(
     .bind(filter.to)
     .bind(filter.before)
     .bind(limit)
-    .fetch_all(conn)
-    .await
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
 }
