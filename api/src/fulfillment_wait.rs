@@ -52,7 +52,7 @@ async fn relay_notifications(
 /// and says whether waiting is over; it runs on every announcement of this order and,
 /// as a safety net for notifications lost during a reconnect, once a second.
 pub async fn wait_for<F, Fut, T>(
-    mut rx: broadcast::Receiver<Uuid>,
+    rx: &mut broadcast::Receiver<Uuid>,
     order_id: Uuid,
     deadline: tokio::time::Instant,
     mut check: F,

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use autokey_shared::vault::Vault;
+use autokey_shared::{jobs::lane::LaneAnnouncer, vault::Vault};
 use secrecy::SecretBox;
 use sqlx::PgPool;
 
@@ -20,6 +20,8 @@ pub struct AppState {
     pub vault: Arc<Vault>,
     pub settings: Arc<Settings>,
     pub waiter: FulfillmentWaiter,
+    /// Tells the workers' fast lanes about the jobs of committed pays.
+    pub lane: LaneAnnouncer,
     pub tokens: TokenCache,
     pub rate_limits: Arc<RateLimits>,
     pub uploads: Arc<UploadSlots>,
@@ -34,6 +36,7 @@ impl AppState {
         autokey_shared::metrics::handle();
         Self {
             waiter: FulfillmentWaiter::start(pool.clone()),
+            lane: LaneAnnouncer::start(pool.clone()),
             tokens: TokenCache::start(pool.clone()),
             rate_limits: RateLimits::new(limits),
             uploads: UploadSlots::new(

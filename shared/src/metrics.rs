@@ -35,6 +35,7 @@ pub const QUEUE_OLDEST_AGE: &str = "autokey_queue_oldest_job_age_seconds";
 pub const KEYS_UPLOADED: &str = "autokey_keys_uploaded_total";
 pub const WEBHOOK_DELIVERIES: &str = "autokey_webhook_deliveries_total";
 pub const WEBHOOK_ENDPOINTS_DISABLED: &str = "autokey_webhook_endpoints_disabled_total";
+pub const LANE_ANNOUNCEMENTS_DROPPED: &str = "autokey_lane_announcements_dropped_total";
 
 /// Latency buckets (seconds): 1 ms to 1 min.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -127,6 +128,10 @@ fn describe() {
         WEBHOOK_ENDPOINTS_DISABLED,
         "Webhook endpoints disabled after repeated failures."
     );
+    describe_counter!(
+        LANE_ANNOUNCEMENTS_DROPPED,
+        "Paid orders' jobs not announced to the fast lane (backlog full); the queue runs them after its grace."
+    );
 }
 
 /// One HTTP request. `route` is the matched route template (never a raw path).
@@ -190,6 +195,10 @@ pub fn webhook_delivery(outcome: &'static str) {
 
 pub fn webhook_endpoint_disabled() {
     counter!(WEBHOOK_ENDPOINTS_DISABLED).increment(1);
+}
+
+pub fn lane_announcement_dropped() {
+    counter!(LANE_ANNOUNCEMENTS_DROPPED).increment(1);
 }
 
 /// Sets the depth and oldest-age gauges from a reading of the queue.

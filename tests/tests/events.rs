@@ -324,9 +324,14 @@ async fn an_event_that_commits_late_is_never_skipped_by_a_reader() {
     let (slow, fast) = (place(offer_a).await, place(offer_b).await);
     // A transaction pays `slow` (its event is written) and stays open...
     let mut open = app.pool.begin().await.unwrap();
-    autokey_shared::transitions::pay(&mut open, slow, None)
-        .await
-        .unwrap();
+    autokey_shared::transitions::pay(
+        &mut open,
+        slow,
+        None,
+        autokey_shared::transitions::Announce::InTransaction,
+    )
+    .await
+    .unwrap();
     // ...while `fast` is paid and committed after it.
     let r = app
         .post(&format!("/orders/{fast}/pay"), &storefront, json!(null))

@@ -125,7 +125,14 @@ async fn paid_order(app: &TestApp, offer: Uuid, pool: Uuid, quantity: i32) -> Uu
         currency: "EUR".into(),
     };
     let order = store::orders::insert(&mut tx, &new).await.unwrap();
-    transitions::pay(&mut tx, order.id, None).await.unwrap();
+    transitions::pay(
+        &mut tx,
+        order.id,
+        None,
+        transitions::Announce::InTransaction,
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     order.id
 }

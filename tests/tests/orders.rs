@@ -141,6 +141,55 @@ async fn jobs_enqueued_by_sql_run_on_apalis() {
 }
 
 #[tokio::test]
+async fn fulfill_gives_a_paid_order_that_lost_its_job_a_new_one_after_a_moment() {
+    let app = spawn_app().await;
+    let shop = fixtures::shop(&app, 1).await;
+    let (buyer, _) = app.buyer().await;
+    let id = order(&app, &buyer, shop.offer_id, 1).await;
+    pay(&app, &buyer, id).await;
+    let jobs = || {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM apalis.jobs WHERE idempotency_key = $1")
+            .bind(id.to_string())
+            .fetch_one(&app.pool)
+    };
+    // As when its finished job was pruned while the order waited (a backorder).
+    sqlx::query("DELETE FROM apalis.jobs WHERE idempotency_key = $1")
+        .bind(id.to_string())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(jobs().await.unwrap(), 0);
+    // No worker: the call waits, makes sure of the job after its first second, and
+    // answers 202 at the end of its wait.
+    let r = app
+        .post(&format!("/orders/{id}/fulfill?wait=2"), &buyer, json!(null))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    assert_eq!(jobs().await.unwrap(), 1);
+    // wait=0 makes sure at once.
+    sqlx::query("DELETE FROM apalis.jobs WHERE idempotency_key = $1")
+        .bind(id.to_string())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let r = app
+        .post(&format!("/orders/{id}/fulfill?wait=0"), &buyer, json!(null))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    assert_eq!(jobs().await.unwrap(), 1);
+    let worker = app.start_worker();
+    let r = app
+        .post(
+            &format!("/orders/{id}/fulfill?wait=10"),
+            &buyer,
+            json!(null),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn parallel_orders_get_different_keys_and_quantity_three_gets_three() {
     let app = spawn_app().await;
     let _worker = app.start_worker();

@@ -202,7 +202,9 @@ async fn build(app: &TestApp) -> World {
                 .take(PAID - chunk * 5000)
                 .map(|r| (r.id, None))
                 .collect();
-            transitions::pay_many(&mut tx, &pay).await.unwrap();
+            transitions::pay_many(&mut tx, &pay, transitions::Announce::InTransaction)
+                .await
+                .unwrap();
         }
         tx.commit().await.unwrap();
     }
@@ -217,11 +219,15 @@ async fn build(app: &TestApp) -> World {
         };
         let orders = delivery::lock(&mut tx, take).await.unwrap();
         let order_ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
-        let jobs = queue::lock_pending_fulfillments(&mut tx, &order_ids)
+        let taken = queue::take_pending_fulfillments(&mut tx, &order_ids)
             .await
             .unwrap();
+        assert_eq!(
+            taken.len(),
+            orders.len(),
+            "every fresh order's job was Pending"
+        );
         delivery::deliver(&mut tx, &orders).await.unwrap();
-        queue::mark_done(&mut tx, &jobs, None).await.unwrap();
         tx.commit().await.unwrap();
         served += orders.len();
     }
@@ -408,8 +414,8 @@ fn cases(w: &World) -> Vec<Case> {
             format!("{pool}, {fresh}, 255"),
         ),
         case(
-            "lock their jobs",
-            queue::LOCK_PENDING_FULFILLMENTS,
+            "take their jobs (locked and Done)",
+            queue::TAKE_PENDING_FULFILLMENTS,
             "text[]",
             format!("'{{{job}}}'"),
         ),
@@ -443,10 +449,10 @@ fn cases(w: &World) -> Vec<Case> {
             ),
         ),
         case(
-            "mark jobs done",
-            queue::MARK_DONE,
-            "text[], text",
-            format!("'{{{job}}}', NULL"),
+            "mark the fast lane's job done",
+            queue::MARK_SERVED_BY_LANE,
+            "text",
+            format!("'{job}'"),
         ),
         case(
             "lock backordered orders (replenish)",

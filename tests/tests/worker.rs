@@ -409,27 +409,50 @@ async fn a_job_serves_waiting_orders_in_its_own_transaction() {
         .await
         .unwrap();
 
+    // An order whose job a queue worker has fetched is that worker's: left alone. One
+    // whose job waits for a retry is served now.
+    let (fetched, retrying) = (ids[60], ids[70]);
+    let set_job = |order: Uuid, status: &'static str| {
+        sqlx::query("UPDATE apalis.jobs SET status = $2 WHERE idempotency_key = $1")
+            .bind(order.to_string())
+            .bind(status)
+            .execute(&app.pool)
+    };
+    set_job(fetched, "Running").await.unwrap();
+    set_job(retrying, "Failed").await.unwrap();
+    let job_status = |order: Uuid| {
+        sqlx::query_scalar::<_, String>("SELECT status FROM apalis.jobs WHERE idempotency_key = $1")
+            .bind(order.to_string())
+            .fetch_one(&app.pool)
+    };
+
     let done = autokey_worker::batch::fulfill_batch(&app.pool, ids[0], 200, Duration::from_secs(5))
         .await
         .unwrap();
     assert_eq!(done.lead, fulfillment::Outcome::Fulfilled { keys: 1 });
-    // Orders of the same pool only: 99 others, less the busy one.
-    assert_eq!(done.also_fulfilled, 98, "{done:?}");
+    // Orders of the same pool only: 99 others, less the busy one and the fetched one.
+    assert_eq!(done.also_fulfilled, 97, "{done:?}");
     let batched: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM apalis.jobs WHERE status = 'Done' AND last_result ->> 'Ok' = 'served in a batch'",
     )
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    assert_eq!(batched, 98);
-    let busy_job: String =
-        sqlx::query_scalar("SELECT status FROM apalis.jobs WHERE idempotency_key = $1")
-            .bind(busy.to_string())
+    assert_eq!(batched, 97);
+    assert_eq!(job_status(busy).await.unwrap(), "Pending");
+    assert_eq!(job_status(fetched).await.unwrap(), "Running");
+    assert_eq!(job_status(retrying).await.unwrap(), "Done");
+    for (order, status) in [(busy, "PAID"), (fetched, "PAID"), (retrying, "FULFILLED")] {
+        let now: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+            .bind(order)
             .fetch_one(&app.pool)
             .await
             .unwrap();
-    assert_eq!(busy_job, "Pending");
+        assert_eq!(now, status, "order {order}");
+    }
     holder.rollback().await.unwrap();
+    // The queue worker that fetched it gives it back (as a failed run would).
+    set_job(fetched, "Pending").await.unwrap();
 
     let worker = app.start_worker();
     for id in &ids {

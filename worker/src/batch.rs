@@ -1,6 +1,6 @@
 //! Several orders per transaction. A FulfillOrder job fulfills its own order and, in the
-//! same transaction, up to `extra` other orders of the same pool whose own jobs have not
-//! run yet, marking those jobs done in that same commit. The fast lane's unit of work is
+//! same transaction, up to `extra` other orders of the same pool whose own jobs are still
+//! Pending, marking those jobs done in that same commit. The fast lane's unit of work is
 //! the same, with the job's own claim in the transaction too.
 
 use std::time::Duration;
@@ -43,8 +43,7 @@ pub async fn fulfill_batch(
     lock_timeout: Duration,
 ) -> Result<BatchOutcome, JobError> {
     let mut tx = db::begin_with_lock_timeout(pool, lock_timeout).await?;
-    let (out, done_jobs) = fulfill_batch_in(&mut tx, lead, extra).await?;
-    queue::mark_done(&mut tx, &done_jobs, None).await?;
+    let out = fulfill_batch_in(&mut tx, lead, extra).await?;
     tx.commit().await?;
     out.record_metrics();
     Ok(out)
@@ -72,25 +71,24 @@ pub async fn fulfill_job(
         span.record("request_id", request_id.as_str());
     }
     autokey_shared::metrics::job_attempt(FulfillOrder::QUEUE);
-    let (out, done_jobs) = fulfill_batch_in(&mut tx, job.order_id, extra).await?;
-    queue::mark_done(&mut tx, &done_jobs, Some(job_id)).await?;
+    let out = fulfill_batch_in(&mut tx, job.order_id, extra).await?;
+    queue::mark_served_by_lane(&mut tx, job_id).await?;
     tx.commit().await?;
     out.record_metrics();
     Ok(Some((job.order_id, out)))
 }
 
-/// The batch on the caller's transaction; returns the jobs of the other orders it took.
+/// The batch on the caller's transaction; the other orders' jobs are Done in it.
 async fn fulfill_batch_in(
     tx: &mut PgConnection,
     lead: Uuid,
     extra: i64,
-) -> Result<(BatchOutcome, Vec<String>), JobError> {
+) -> Result<BatchOutcome, JobError> {
     // The job's own order first, waiting for its lock.
     let mut orders = delivery::lock(tx, Take::One(lead)).await?;
     let Some(own) = orders.first().cloned() else {
         return Err(JobError::fatal(format!("order {lead} does not exist")));
     };
-    let mut done_jobs = Vec::new();
     if let (Some(pool_id), true) = (own.pool_id, extra > 0)
         && own.status == autokey_shared::model::OrderStatus::Paid
     {
@@ -101,8 +99,11 @@ async fn fulfill_batch_in(
         };
         let others = delivery::lock(tx, take).await?;
         let ids: Vec<Uuid> = others.iter().map(|o| o.id).collect();
-        done_jobs = queue::lock_pending_fulfillments(tx, &ids).await?;
-        orders.extend(others);
+        // Only orders whose own job this batch takes: one whose job a queue worker has
+        // already fetched is that worker's (it is waiting for this order's lock), so
+        // serving it here would leave the worker a run with nothing to do.
+        let taken = queue::take_pending_fulfillments(tx, &ids).await?;
+        orders.extend(others.into_iter().filter(|o| taken.contains(&o.id)));
     }
     let outcomes = delivery::deliver(tx, &orders).await?;
     let mut out = BatchOutcome {
@@ -124,5 +125,5 @@ async fn fulfill_batch_in(
             Outcome::NothingToDo => {}
         }
     }
-    Ok((out, done_jobs))
+    Ok(out)
 }

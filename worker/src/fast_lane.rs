@@ -4,8 +4,9 @@
 //!
 //! Why: through apalis a job costs three more transactions (fetch, lock, ack) and a
 //! dispatch before its fulfillment starts; measured, that was most of the pay ->
-//! FULFILLED latency. New FulfillOrder jobs are announced on `jobs::LANE_CHANNEL` and
-//! left to the lane for `jobs::LANE_GRACE` (their `run_at`). The queue stays the
+//! FULFILLED latency. New FulfillOrder jobs are announced on `jobs::LANE_CHANNEL` (by the
+//! api after its pay commits, several per NOTIFY: `jobs::lane`) and left to the lane for
+//! `jobs::LANE_GRACE` (their `run_at`). The queue stays the
 //! record: a job no lane takes (lane full, notification missed, no worker running) is
 //! still Pending and apalis's own workers run it after the grace; a failed lane run is
 //! recorded as a failed attempt with the same backoff. The two can never both run a job:
@@ -72,10 +73,13 @@ async fn forward(mut listener: PgListener, tx: mpsc::Sender<String>) {
     loop {
         match listener.recv().await {
             Ok(note) => {
-                if let Err(mpsc::error::TrySendError::Closed(_)) =
-                    tx.try_send(note.payload().to_owned())
-                {
-                    return;
+                // One announcement may name many jobs (the api's pays, after their commits).
+                for job_id in jobs::lane::job_ids(note.payload()) {
+                    if let Err(mpsc::error::TrySendError::Closed(_)) =
+                        tx.try_send(job_id.to_owned())
+                    {
+                        return;
+                    }
                 }
             }
             Err(e) => {

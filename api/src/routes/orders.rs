@@ -19,6 +19,9 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+/// How long `fulfill?wait=` waits for a paid order before making sure it has a job.
+const NUDGE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 use crate::{
     auth::{Auth, BuyerSide},
     error::{ApiError, ApiResult, ConstraintExt, ErrorBody},
@@ -345,7 +348,7 @@ async fn fulfill_order(
     let viewer = auth.buyer_side()?.viewer();
     const ROUTE: &str = "POST /orders/:id/fulfill";
     // Subscribe before reading, so a fulfillment between the read and the wait is seen.
-    let rx = state.waiter.subscribe();
+    let mut rx = state.waiter.subscribe();
     let order = read(&state, &auth, id, ROUTE).await?;
     match order.status {
         OrderStatus::Pending => return Err(ApiError::NotPaid),
@@ -353,13 +356,10 @@ async fn fulfill_order(
         OrderStatus::Fulfilled => return Ok((StatusCode::OK, Json(order))),
         OrderStatus::Paid => {}
     }
-    {
-        let mut conn = state.pool.acquire().await?;
-        queue::enqueue(&mut conn, &FulfillOrder::new(id)).await?;
-    }
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+    let now = tokio::time::Instant::now();
+    let deadline = now + std::time::Duration::from_secs(wait);
     let pool = state.pool.clone();
-    let done = crate::fulfillment_wait::wait_for(rx, id, deadline, || {
+    let check = || {
         let pool = pool.clone();
         async move {
             let mut conn = pool.acquire().await?;
@@ -367,8 +367,21 @@ async fn fulfill_order(
                 .await?
                 .filter(|o| o.status != OrderStatus::Paid))
         }
-    })
-    .await?;
+    };
+    // A paid order's job exists from its pay on (same transaction), so a fresh order needs
+    // no nudge: the job is only made sure of once the order is still PAID after
+    // NUDGE_AFTER (its job may be long done and pruned: a backorder), rather than costing
+    // every call a write to the queue.
+    let nudge_at = (now + NUDGE_AFTER).min(deadline);
+    let mut done = crate::fulfillment_wait::wait_for(&mut rx, id, nudge_at, check).await?;
+    if done.is_none() {
+        let mut conn = state.pool.acquire().await?;
+        queue::enqueue(&mut conn, &FulfillOrder::new(id)).await?;
+        drop(conn);
+        if nudge_at < deadline {
+            done = crate::fulfillment_wait::wait_for(&mut rx, id, deadline, check).await?;
+        }
+    }
     match done.map(|o| o.status) {
         Some(OrderStatus::Fulfilled) => {
             Ok((StatusCode::OK, Json(read(&state, &auth, id, ROUTE).await?)))

@@ -4,7 +4,8 @@
 use autokey_shared::{
     model::OrderStatus,
     store::{self, payments::PaymentEvent as Received},
-    transitions, webhook_signature,
+    transitions::{self, Announce},
+    webhook_signature,
 };
 use axum::{extract::State, http::HeaderMap};
 use secrecy::ExposeSecret;
@@ -57,7 +58,7 @@ async fn pay_order(
         OrderStatus::Canceled => return Err(ApiError::Conflict("the order is canceled".into())),
         OrderStatus::Pending => {
             // Locked above, so PENDING until this commits.
-            let paid_at = transitions::pay(&mut tx, id, None)
+            let paid_at = transitions::pay(&mut tx, id, None, Announce::AfterCommit)
                 .await?
                 .ok_or_else(|| ApiError::Internal("a locked PENDING order did not move".into()))?;
             store::audit::append(
@@ -75,6 +76,7 @@ async fn pay_order(
     }
     tx.commit().await?;
     if paying {
+        state.lane.fulfillments([id]);
         autokey_shared::metrics::orders_paid(1);
         tracing::info!(order_id = %id, payment = "simulated", "order paid");
     }
@@ -196,6 +198,7 @@ async fn payment_webhook(
     store::payments::set_outcome(&mut tx, &event_id, outcome).await?;
     tx.commit().await?;
     if outcome == "applied" {
+        state.lane.fulfillments([event.data.order_id]);
         autokey_shared::metrics::orders_paid(1);
         tracing::info!(%event_id, order_id = %event.data.order_id, "order paid");
     } else {
@@ -245,7 +248,13 @@ async fn apply_payment(
     }
     Ok(match order.status {
         OrderStatus::Pending => {
-            transitions::pay(tx, order.id, Some(&event.data.payment_id)).await?;
+            transitions::pay(
+                tx,
+                order.id,
+                Some(&event.data.payment_id),
+                Announce::AfterCommit,
+            )
+            .await?;
             "applied"
         }
         OrderStatus::Canceled => "order_canceled",

@@ -139,7 +139,7 @@ async fn sell_oldest(pool: &PgPool, pool_id: Uuid, offer_id: Uuid, n: usize) -> 
         let mut tx = pool.begin().await?;
         let rows = store::orders::insert_many(&mut tx, &orders).await?;
         let paid: Vec<(Uuid, Option<&str>)> = rows.iter().map(|r| (r.id, None)).collect();
-        transitions::pay_many(&mut tx, &paid).await?;
+        transitions::pay_many(&mut tx, &paid, transitions::Announce::InTransaction).await?;
         tx.commit().await?;
         placed += m;
     }
@@ -155,9 +155,12 @@ async fn sell_oldest(pool: &PgPool, pool_id: Uuid, offer_id: Uuid, n: usize) -> 
             break;
         }
         let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
-        let jobs = queue::lock_pending_fulfillments(&mut tx, &ids).await?;
+        let taken = queue::take_pending_fulfillments(&mut tx, &ids).await?;
+        let orders: Vec<_> = orders
+            .into_iter()
+            .filter(|o| taken.contains(&o.id))
+            .collect();
         delivery::deliver(&mut tx, &orders).await?;
-        queue::mark_done(&mut tx, &jobs, None).await?;
         tx.commit().await?;
     }
     Ok(())
@@ -198,7 +201,7 @@ pub async fn seed_orders(
         let rows = store::orders::insert_many(&mut tx, &orders).await?;
         if paid {
             let pay: Vec<(Uuid, Option<&str>)> = rows.iter().map(|r| (r.id, None)).collect();
-            transitions::pay_many(&mut tx, &pay).await?;
+            transitions::pay_many(&mut tx, &pay, transitions::Announce::InTransaction).await?;
         }
         tx.commit().await?;
         out.extend(rows.iter().map(|r| (r.id, r.pool_id.unwrap_or_default())));

@@ -4,6 +4,7 @@
 //! tables (apalis-postgres's `apalis.jobs` and `apalis.workers`) is in [`queue`], so a
 //! change of queue backend is a change of that one file.
 
+pub mod lane;
 pub mod queue;
 
 use std::time::Duration;
@@ -33,7 +34,8 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
     }
 }
 
-/// New fast-lane jobs are announced here at commit (payload: the job id).
+/// New fast-lane jobs are announced here, at or after their commit (payload: job ids
+/// separated by `lane::SEPARATOR`).
 pub const LANE_CHANNEL: &str = "autokey_job_lane";
 
 /// How long the queue's own workers leave a new fast-lane job alone. A live lane takes it

@@ -27,20 +27,42 @@ pub const ENQUEUE: &str = "WITH ins AS (
      SELECT (SELECT count(*) FROM ins),
             (SELECT count(*) FROM (SELECT pg_notify($7, id) FROM ins WHERE $7 IS NOT NULL) n)";
 
-/// Enqueues `jobs` on `conn` (typically inside the caller's transaction), in one statement.
+/// Who tells a worker's fast lane about new fast-lane jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    /// A NOTIFY in the enqueuing transaction. Simple, but PostgreSQL serializes the
+    /// commits of notifying transactions: for rare jobs and tools.
+    InTransaction,
+    /// The caller announces them after its commit (`jobs::lane::LaneAnnouncer`), many
+    /// per NOTIFY: the api's pays.
+    AfterCommit,
+}
+
+/// Enqueues `jobs` on `conn` (typically inside the caller's transaction), in one statement;
+/// fast-lane jobs are announced in the transaction.
 /// Returns how many were new: a job whose idempotency key (or id) exists is skipped.
+pub async fn enqueue_many<J: Job>(conn: &mut PgConnection, jobs: &[J]) -> Result<u64, sqlx::Error> {
+    enqueue_many_with(conn, jobs, Announce::InTransaction).await
+}
+
+/// [`enqueue_many`], saying who announces fast-lane jobs.
 ///
 /// The rows mirror apalis-postgres 1.0's `queries/task/sink.sql`; the test
 /// `jobs_enqueued_by_sql_run_on_apalis` pins that coupling against a real worker.
-pub async fn enqueue_many<J: Job>(conn: &mut PgConnection, jobs: &[J]) -> Result<u64, sqlx::Error> {
+pub async fn enqueue_many_with<J: Job>(
+    conn: &mut PgConnection,
+    jobs: &[J],
+    announce: Announce,
+) -> Result<u64, sqlx::Error> {
     if jobs.is_empty() {
         return Ok(0);
     }
-    let (grace_ms, lane) = if J::FAST_LANE {
-        (LANE_GRACE.as_millis() as f64, Some(LANE_CHANNEL))
+    let grace_ms = if J::FAST_LANE {
+        LANE_GRACE.as_millis() as f64
     } else {
-        (0.0, None)
+        0.0
     };
+    let lane = (J::FAST_LANE && announce == Announce::InTransaction).then_some(LANE_CHANNEL);
     let ids: Vec<String> = jobs.iter().map(Job::job_id).collect();
     let payloads: Vec<Vec<u8>> = jobs
         .iter()
@@ -72,7 +94,7 @@ pub const CLAIM_PENDING: &str =
 /// Claims job `job_id` of queue `J` for the fast lane: row-locks it if it is still
 /// Pending and nobody holds it, and returns its payload. None when it is not there to
 /// take (the queue's workers have it, or it is done). The claim lasts as long as the
-/// caller's transaction; [`mark_done`] in that transaction completes it.
+/// caller's transaction; [`mark_served_by_lane`] in that transaction completes it.
 pub async fn claim_pending<J: Job>(
     conn: &mut PgConnection,
     job_id: &str,
@@ -85,50 +107,55 @@ pub async fn claim_pending<J: Job>(
     Ok(payload.and_then(|p| serde_json::from_slice(&p).ok()))
 }
 
-pub const LOCK_PENDING_FULFILLMENTS: &str =
-    "SELECT j.id FROM unnest($1::text[]) AS t(id) JOIN apalis.jobs j ON j.id = t.id
-     WHERE j.status = 'Pending' FOR UPDATE OF j SKIP LOCKED";
+pub const TAKE_PENDING_FULFILLMENTS: &str =
+    "UPDATE apalis.jobs SET status = 'Done', done_at = now(), attempts = attempts + 1,
+            last_result = jsonb_build_object('Ok', 'served in a batch')
+     WHERE id = ANY(ARRAY(SELECT id FROM apalis.jobs
+                          WHERE id = ANY($1) AND status IN ('Pending', 'Failed', 'Killed')
+                          FOR UPDATE SKIP LOCKED))
+     RETURNING id";
 
-/// Row-locks the Pending fulfillment jobs of `order_ids`, skipping any another
-/// transaction holds; returns the ids of those it locked (by primary key: the ids derive
-/// from the orders).
-pub async fn lock_pending_fulfillments(
+/// Takes the fulfillment jobs of `order_ids` that no one is running for a batch of the
+/// caller's transaction: marks them Done, skipping any another transaction holds (a fast
+/// lane claiming it) and any a queue worker has fetched (Queued, Running); a job waiting
+/// for a retry, or dead, is taken too (its order is served now). Returns the orders whose
+/// jobs it took, which the batch must then serve in the same transaction. One statement:
+/// each job row is locked and written once, found by primary key (the ids derive from the
+/// orders; the lock is a sub-select, so no join the planner could turn around).
+pub async fn take_pending_fulfillments(
     conn: &mut PgConnection,
     order_ids: &[Uuid],
-) -> Result<Vec<String>, sqlx::Error> {
+) -> Result<HashSet<Uuid>, sqlx::Error> {
     if order_ids.is_empty() {
-        return Ok(Vec::new());
+        return Ok(HashSet::new());
     }
     let ids: Vec<String> = order_ids
         .iter()
         .map(|&o| FulfillOrder::job_id_of(o))
         .collect();
-    sqlx::query_scalar(LOCK_PENDING_FULFILLMENTS)
-        .bind(ids)
+    let taken: Vec<String> = sqlx::query_scalar(TAKE_PENDING_FULFILLMENTS)
+        .bind(&ids)
         .fetch_all(conn)
-        .await
+        .await?;
+    let taken: HashSet<String> = taken.into_iter().collect();
+    Ok(order_ids
+        .iter()
+        .zip(&ids)
+        .filter(|(_, job_id)| taken.contains(*job_id))
+        .map(|(&order_id, _)| order_id)
+        .collect())
 }
 
-pub const MARK_DONE: &str =
-    "UPDATE apalis.jobs j SET status = 'Done', done_at = now(), attempts = j.attempts + 1,
-            last_result = jsonb_build_object('Ok',
-                CASE WHEN j.id = $2 THEN 'served by the fast lane' ELSE 'served in a batch' END)
-     FROM unnest($1::text[] || $2::text) AS t(id)
-     WHERE j.id = t.id";
+pub const MARK_SERVED_BY_LANE: &str =
+    "UPDATE apalis.jobs SET status = 'Done', done_at = now(), attempts = attempts + 1,
+            last_result = jsonb_build_object('Ok', 'served by the fast lane')
+     WHERE id = $1";
 
-/// Marks jobs Done on the transaction that did their work: `batched` were served by
-/// another job's batch, `own` is the fast lane's own job.
-pub async fn mark_done(
-    conn: &mut PgConnection,
-    batched: &[String],
-    own: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    if batched.is_empty() && own.is_none() {
-        return Ok(());
-    }
-    sqlx::query(MARK_DONE)
-        .bind(batched)
-        .bind(own)
+/// Marks the fast lane's own job (claimed by [`claim_pending`]) Done, on the transaction
+/// that did its work.
+pub async fn mark_served_by_lane(conn: &mut PgConnection, job_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(MARK_SERVED_BY_LANE)
+        .bind(job_id)
         .execute(conn)
         .await?;
     Ok(())

@@ -26,6 +26,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+pub use crate::jobs::queue::Announce;
+
 use crate::{
     error::CoreError,
     jobs::{FulfillOrder, ReplenishPool, queue},
@@ -86,10 +88,12 @@ pub const PAY: &str = concat!(
 
 /// PENDING -> PAID for several orders at once, each with its fulfillment job, on the same
 /// transaction (one statement each). Returns the orders that moved, with their `paid_at`;
-/// orders not PENDING are left unchanged.
+/// orders not PENDING are left unchanged. `announce`: who tells the worker's fast lane
+/// (with `AfterCommit`, the caller hands the returned ids to its `LaneAnnouncer`).
 pub async fn pay_many(
     conn: &mut PgConnection,
     payments: &[(Uuid, Option<&str>)],
+    announce: Announce,
 ) -> Result<Vec<(Uuid, DateTime<Utc>)>, CoreError> {
     let ids: Vec<Uuid> = payments.iter().map(|p| p.0).collect();
     let payment_ids: Vec<Option<&str>> = payments.iter().map(|p| p.1).collect();
@@ -102,7 +106,7 @@ pub async fn pay_many(
         .iter()
         .map(|&(order_id, _)| FulfillOrder::new(order_id))
         .collect();
-    queue::enqueue_many(conn, &jobs).await?;
+    queue::enqueue_many_with(conn, &jobs, announce).await?;
     Ok(paid)
 }
 
@@ -113,8 +117,9 @@ pub async fn pay(
     conn: &mut PgConnection,
     order_id: Uuid,
     payment_id: Option<&str>,
+    announce: Announce,
 ) -> Result<Option<DateTime<Utc>>, CoreError> {
-    let paid = pay_many(conn, &[(order_id, payment_id)]).await?;
+    let paid = pay_many(conn, &[(order_id, payment_id)], announce).await?;
     Ok(paid.first().map(|p| p.1))
 }
 
