@@ -44,7 +44,7 @@ pub async fn connect_limited_with(
 ) -> Result<PgPool, sqlx::Error> {
     let ms = |d: Duration| d.as_millis().to_string();
     let options = options.options([
-        (PLAN_CACHE_MODE.0, PLAN_CACHE_MODE.1.to_owned()),
+        (PLANNER[0].0, PLANNER[0].1.to_owned()),
         ("statement_timeout", ms(limits.statement_timeout)),
         ("lock_timeout", ms(limits.lock_timeout)),
         (
@@ -68,28 +68,23 @@ pub async fn connect_with(
         .max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_with(
-            options
-                .options([PLAN_CACHE_MODE])
-                .application_name("autokey"),
-        )
+        .connect_with(options.options(PLANNER).application_name("autokey"))
         .await
 }
 
-/// Every connection plans each prepared statement once (a generic plan) and keeps it.
+/// The planner settings of every connection (`tests/tests/plans.rs` checks the hot
+/// statements under exactly these).
 ///
-/// Why: with PostgreSQL's default, a statement with parameters is planned again on every
+/// `plan_cache_mode`: each prepared statement is planned once (a generic plan) and kept.
+/// With PostgreSQL's default, a statement with parameters is planned again on every
 /// execution until five custom plans have been made, and for as long after that as the
 /// custom plans look cheaper, which for our larger statements (a delivery's write, a pay
 /// with its event, an order read with its keys, and the statements of the triggers they
-/// fire) they always do. Measured (`autokey-bench steady --rates 200`): planning was
-/// the largest single share of PostgreSQL's CPU, and forcing generic plans halved the
-/// pay -> fulfilled latency (db p50 24 -> 11 ms). The generic plans of the hot statements
-/// are the ones `tests/tests/plans.rs` proves keep their index paths on tables whose
-/// statistics describe them as empty. The one statement that needs its parameters'
-/// values to pick an index (the audit search's optional filters) asks for a custom plan
-/// itself (`store::audit::page`).
-const PLAN_CACHE_MODE: (&str, &str) = ("plan_cache_mode", "force_generic_plan");
+/// fire) they always do. Measured (`autokey-bench steady --rates 200`): planning was the
+/// largest single share of PostgreSQL's CPU, and generic plans halved the pay -> fulfilled
+/// latency (db p50 24 -> 11 ms). The audit search, the one statement whose index depends
+/// on its parameters' values, asks for a custom plan itself (`store::audit::page`).
+pub const PLANNER: [(&str, &str); 1] = [("plan_cache_mode", "force_generic_plan")];
 
 /// Our migrations keep their own bookkeeping table, so they and the job queue's
 /// (in sqlx's default table) never mistake each other's rows for missing files.

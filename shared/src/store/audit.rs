@@ -67,8 +67,8 @@ pub struct AuditFilter {
 
 /// A page of the trail, newest first. Each filter is a plain equality or containment on
 /// an indexed column, walked backwards by id and bounded by `limit`. Planned with the
-/// filters' values (a custom plan, though our connections keep generic plans): which
-/// index serves the search depends on which filters are set.
+/// filters' values (a custom plan, though our connections keep generic plans,
+/// `db::PLANNER`): which index serves the search depends on which filters are set.
 pub async fn page(
     conn: &mut PgConnection,
     filter: &AuditFilter,

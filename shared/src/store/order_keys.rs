@@ -24,6 +24,12 @@ pub struct ShownKey {
     pub replaced_by: Option<Uuid>,
 }
 
+/// A delivery still standing is tested with `returned_at IS NOT DISTINCT FROM
+/// NULL::timestamptz` (the same as `IS NULL`, which the parser would make of an untyped
+/// NULL) so that the planner cannot prove the partial `order_deliveries_key_unique`'s
+/// predicate from it: an order's deliveries are found by its primary key range only. With
+/// `IS NULL` and young statistics the planner ANDed that range with all of the partial
+/// index (every live delivery) on each read; `tests/tests/plans.rs` refuses such a plan.
 pub const READ: &str = concat!(
         "WITH o AS (SELECT ",
         crate::order_columns!(),
@@ -34,9 +40,9 @@ pub const READ: &str = concat!(
                       coalesce(d.revealed_at, now()) AS revealed_at, d.replaces,
                       (SELECT r.key_id FROM order_deliveries r
                        WHERE r.order_id = d.order_id AND r.replaces = d.key_id
-                         AND r.returned_at IS NULL LIMIT 1) AS replaced_by
+                         AND r.returned_at IS NOT DISTINCT FROM NULL::timestamptz LIMIT 1) AS replaced_by
                FROM order_deliveries d JOIN keys k ON k.id = d.key_id
-               WHERE d.order_id = $1 AND d.returned_at IS NULL
+               WHERE d.order_id = $1 AND d.returned_at IS NOT DISTINCT FROM NULL::timestamptz
                  AND EXISTS (SELECT 1 FROM o WHERE o.status = 'FULFILLED')
                UNION ALL
                SELECT m.id, m.order_id, m.ciphertext, m.nonce, m.enc_key_id, m.created_at,
@@ -45,7 +51,7 @@ pub const READ: &str = concat!(
                FROM manual_keys m
                WHERE m.order_id = $1 AND EXISTS (SELECT 1 FROM o WHERE o.status = 'FULFILLED')),
          rd AS (UPDATE order_deliveries d SET revealed_at = now()
-                WHERE d.order_id = $1 AND d.returned_at IS NULL AND d.revealed_at IS NULL
+                WHERE d.order_id = $1 AND d.returned_at IS NOT DISTINCT FROM NULL::timestamptz AND d.revealed_at IS NULL
                   AND EXISTS (SELECT 1 FROM o WHERE o.status = 'FULFILLED')
                 RETURNING 1),
          rm AS (UPDATE manual_keys m SET revealed_at = now()

@@ -17,11 +17,13 @@ use crate::{
     jobs::{ReplenishPool, queue},
 };
 
+/// `IS NOT DISTINCT FROM`: see `store::order_keys::READ` (here against the partial
+/// indexes of `order_deliveries` and `key_reports`).
 pub const REFUND_FULFILLED: &str = "WITH o AS (UPDATE orders SET refunded_at = now()
            WHERE id = $1 AND status = 'FULFILLED' AND refunded_at IS NULL RETURNING id),
      d AS (UPDATE order_deliveries d SET returned_at = now()
            FROM o, keys dk
-           WHERE d.order_id = o.id AND d.returned_at IS NULL
+           WHERE d.order_id = o.id AND d.returned_at IS NOT DISTINCT FROM NULL::timestamptz
              AND dk.id = d.key_id AND dk.status = 'DELIVERED' AND dk.order_id = o.id
            RETURNING d.key_id, d.revealed_at),
      back AS (UPDATE keys k SET status = 'AVAILABLE', order_id = NULL, delivered_at = NULL,
@@ -41,8 +43,8 @@ pub const REFUND_FULFILLED: &str = "WITH o AS (UPDATE orders SET refunded_at = n
                     note = 'the order was refunded'
              FROM o
              WHERE r.order_id = o.id
-               AND (r.status = 'open'
-                    OR (r.status = 'approved' AND r.replacement_key_id IS NULL
+               AND (r.status IS NOT DISTINCT FROM 'open'
+                    OR (r.status IS NOT DISTINCT FROM 'approved' AND r.replacement_key_id IS NULL
                         AND r.pool_id IS NOT NULL))
              RETURNING 1)
      SELECT (SELECT count(*) FROM o), (SELECT count(*) FROM d), (SELECT count(*) FROM back),
