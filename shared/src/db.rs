@@ -43,8 +43,7 @@ pub async fn connect_limited_with(
     limits: SessionLimits,
 ) -> Result<PgPool, sqlx::Error> {
     let ms = |d: Duration| d.as_millis().to_string();
-    let options = options.options([
-        (PLANNER[0].0, PLANNER[0].1.to_owned()),
+    let options = options.options(PLANNER).options([
         ("statement_timeout", ms(limits.statement_timeout)),
         ("lock_timeout", ms(limits.lock_timeout)),
         (

@@ -153,11 +153,12 @@ async fn fulfill_gives_a_paid_order_that_lost_its_job_a_new_one_after_a_moment()
             .fetch_one(&app.pool)
     };
     // As when its finished job was pruned while the order waited (a backorder).
-    sqlx::query("DELETE FROM apalis.jobs WHERE idempotency_key = $1")
-        .bind(id.to_string())
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    let lose_job = || {
+        sqlx::query("DELETE FROM apalis.jobs WHERE idempotency_key = $1")
+            .bind(id.to_string())
+            .execute(&app.pool)
+    };
+    lose_job().await.unwrap();
     assert_eq!(jobs().await.unwrap(), 0);
     // No worker: the call waits, makes sure of the job after its first second, and
     // answers 202 at the end of its wait.
@@ -167,11 +168,7 @@ async fn fulfill_gives_a_paid_order_that_lost_its_job_a_new_one_after_a_moment()
     assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
     assert_eq!(jobs().await.unwrap(), 1);
     // wait=0 makes sure at once.
-    sqlx::query("DELETE FROM apalis.jobs WHERE idempotency_key = $1")
-        .bind(id.to_string())
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    lose_job().await.unwrap();
     let r = app
         .post(&format!("/orders/{id}/fulfill?wait=0"), &buyer, json!(null))
         .await;

@@ -1,6 +1,6 @@
 //! Several orders per transaction. A FulfillOrder job fulfills its own order and, in the
-//! same transaction, up to `extra` other orders of the same pool whose own jobs are still
-//! Pending, marking those jobs done in that same commit. The fast lane's unit of work is
+//! same transaction, up to `extra` other orders of the same pool whose own jobs no one is
+//! running, marking those jobs done in that same commit. The fast lane's unit of work is
 //! the same, with the job's own claim in the transaction too.
 
 use std::time::Duration;

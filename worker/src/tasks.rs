@@ -13,8 +13,13 @@ use crate::{
     runner::{Ctx, WorkerConfig, handle_fulfill, handle_replenish, storage, unique_name},
 };
 
-async fn wait_for_stop(mut rx: tokio::sync::watch::Receiver<bool>) -> Result<(), std::io::Error> {
+async fn until_stop(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// [`until_stop`] in the shape apalis's `run_until` and the maintenance loop take.
+async fn wait_for_stop(rx: tokio::sync::watch::Receiver<bool>) -> Result<(), std::io::Error> {
+    until_stop(rx).await;
     Ok(())
 }
 
@@ -127,10 +132,7 @@ pub async fn run(
     if config.fast_lane {
         let (pool, config, stop) = (pool.clone(), ctx.config.clone(), stop_rx.clone());
         parts.spawn(async move {
-            let stop = async move {
-                let _ = wait_for_stop(stop).await;
-            };
-            if let Err(e) = fast_lane::run(pool, config, stop).await {
+            if let Err(e) = fast_lane::run(pool, config, until_stop(stop)).await {
                 // The queue's workers still poll; only the latency suffers.
                 tracing::error!(error = %e, "fast lane stopped; jobs are polled");
             }
@@ -142,10 +144,7 @@ pub async fn run(
             let (pool, vault, settings) = (pool.clone(), vault.clone(), config.webhooks.clone());
             let stop = stop_rx.clone();
             parts.spawn(async move {
-                let stop = async move {
-                    let _ = wait_for_stop(stop).await;
-                };
-                crate::webhooks::run(pool, vault, settings, stop).await;
+                crate::webhooks::run(pool, vault, settings, until_stop(stop)).await;
                 Ok(())
             });
         }
