@@ -30,12 +30,18 @@ enum Scenario {
     Footprint,
     /// 1M keys streamed as text/plain to the upload route: keys/s and api peak RSS.
     Ingest,
+    /// 1M keys uploaded over HTTP, then `autokey-api keys reencrypt` to a new encryption
+    /// key while orders are created and paid at --rotation-order-rate: keys/s, its peak
+    /// RSS, the orders' pay -> fulfilled latency meanwhile.
+    #[value(alias = "reencrypt")]
+    Rotation,
     /// SQL-seeded + ANALYZE: 20k PAID orders backlog burnt down by 1, 2, 4 worker processes.
     Fulfill,
     /// SQL-seeded + ANALYZE: pgbench of the minimal fulfillment SQL and a bare apalis
     /// no-op burn-down, as ratios to `fulfill`.
     Limit,
-    /// Every scenario, in the order footprint, drain, steady, http, ingest, fulfill, limit.
+    /// Every scenario, in the order footprint, drain, steady, http, ingest, rotation,
+    /// fulfill, limit.
     All,
 }
 
@@ -124,9 +130,12 @@ struct Cli {
     /// pgbench scale of `http`'s `pgbench -S` limit (100k accounts per unit).
     #[arg(long, default_value_t = 10)]
     pgbench_scale: u32,
-    /// Keys streamed by `ingest`.
+    /// Keys streamed by `ingest` and re-encrypted by `rotation`.
     #[arg(long, default_value_t = 1_000_000)]
     keys: u64,
+    /// Orders created and paid per second while `rotation` runs.
+    #[arg(long, default_value_t = 50)]
+    rotation_order_rate: u64,
     /// An experiment: NAME=VALUE set on every database the bench creates (ALTER DATABASE
     /// .. SET), e.g. plan_cache_mode=force_generic_plan; repeatable. Recorded in the results.
     #[arg(long, value_parser = parse_setting)]
@@ -167,6 +176,7 @@ async fn main() {
             Scenario::Steady,
             Scenario::Http,
             Scenario::Ingest,
+            Scenario::Rotation,
             Scenario::Fulfill,
             Scenario::Limit,
         ],
@@ -250,6 +260,14 @@ async fn run(
             .await?;
         }
         Scenario::Ingest => scenarios::ingest::run(env, cli.keys).await?,
+        Scenario::Rotation => {
+            let cfg = scenarios::rotation::Cfg {
+                keys: cli.keys as usize,
+                rate: cli.rotation_order_rate,
+                buyers: cli.buyers,
+            };
+            scenarios::rotation::run(env, &cfg).await?;
+        }
         Scenario::Footprint => {
             scenarios::footprint::run(env).await?;
         }

@@ -130,6 +130,20 @@ pub fn start_worker(env: &Env, db: &BenchDb, secrets: &Secrets, log: &str) -> Re
     spawn(env, "autokey-worker", log, &["run"], vars)
 }
 
+/// Starts `autokey-api keys reencrypt` to a new encryption key `new` (id k2), the
+/// current one retired (k1).
+pub fn start_reencrypt(
+    env: &Env,
+    db: &BenchDb,
+    secrets: &Secrets,
+    new: &[u8; 32],
+    log: &str,
+) -> Res<Proc> {
+    let mut vars: Vec<(&str, String)> = vec![("DATABASE_URL", db.url.clone())];
+    vars.extend(secrets.rotated_env(new));
+    spawn(env, "autokey-api", log, &["keys", "reencrypt"], vars)
+}
+
 /// (VmRSS, VmHWM) of a process in MiB.
 pub fn rss_mib(pid: u32) -> Option<(f64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -153,6 +153,19 @@ impl Secrets {
             KeyMaterial::new(self.fp),
         )
     }
+    /// The environment of a rotation to `new` (key id k2), with this key retired as k1.
+    pub fn rotated_env(&self, new: &[u8; 32]) -> [(&'static str, String); 4] {
+        [
+            ("ENCRYPTION_KEY", hex::encode(new)),
+            ("ENCRYPTION_KEY_ID", "k2".into()),
+            (
+                "ENCRYPTION_KEYS_RETIRED",
+                format!("k1:{}", hex::encode(self.enc)),
+            ),
+            ("FINGERPRINT_KEY", hex::encode(self.fp)),
+        ]
+    }
+
     pub(super) fn env(&self) -> [(&'static str, String); 2] {
         [
             ("ENCRYPTION_KEY", hex::encode(self.enc)),

@@ -4,4 +4,5 @@ pub mod fulfill;
 pub mod http;
 pub mod ingest;
 pub mod limit;
+pub mod rotation;
 pub mod steady;
