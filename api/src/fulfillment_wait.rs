@@ -42,8 +42,11 @@ async fn relay_notifications(
     listener.listen(ORDER_FULFILLED_CHANNEL).await?;
     loop {
         let note = listener.recv().await?;
-        if let Ok(id) = note.payload().parse::<Uuid>() {
-            let _ = tx.send(id);
+        // The worker announces many orders per NOTIFY, after its commits.
+        for id in autokey_shared::announce::ids(note.payload()) {
+            if let Ok(id) = id.parse::<Uuid>() {
+                let _ = tx.send(id);
+            }
         }
     }
 }

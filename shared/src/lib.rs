@@ -3,6 +3,7 @@
 //! moves keys and orders between statuses ([`transitions`]), the job queue ([`jobs`]),
 //! the key vault, configuration and database plumbing. See ARCHITECTURE.md.
 
+pub mod announce;
 pub mod config;
 pub mod db;
 pub mod error;

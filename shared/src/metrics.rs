@@ -36,6 +36,7 @@ pub const KEYS_UPLOADED: &str = "autokey_keys_uploaded_total";
 pub const WEBHOOK_DELIVERIES: &str = "autokey_webhook_deliveries_total";
 pub const WEBHOOK_ENDPOINTS_DISABLED: &str = "autokey_webhook_endpoints_disabled_total";
 pub const LANE_ANNOUNCEMENTS_DROPPED: &str = "autokey_lane_announcements_dropped_total";
+pub const FULFILLED_ANNOUNCEMENTS_DROPPED: &str = "autokey_fulfilled_announcements_dropped_total";
 
 /// Latency buckets (seconds): 1 ms to 1 min.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -132,6 +133,10 @@ fn describe() {
         LANE_ANNOUNCEMENTS_DROPPED,
         "Paid orders' jobs not announced to the fast lane (backlog full); the queue runs them after its grace."
     );
+    describe_counter!(
+        FULFILLED_ANNOUNCEMENTS_DROPPED,
+        "Fulfilled orders not announced to fulfill?wait waiters (backlog full); they see it at their next 1-s check."
+    );
 }
 
 /// One HTTP request. `route` is the matched route template (never a raw path).
@@ -199,6 +204,10 @@ pub fn webhook_endpoint_disabled() {
 
 pub fn lane_announcement_dropped() {
     counter!(LANE_ANNOUNCEMENTS_DROPPED).increment(1);
+}
+
+pub fn fulfilled_announcement_dropped() {
+    counter!(FULFILLED_ANNOUNCEMENTS_DROPPED).increment(1);
 }
 
 /// Sets the depth and oldest-age gauges from a reading of the queue.

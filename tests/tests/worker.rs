@@ -426,9 +426,10 @@ async fn a_job_serves_waiting_orders_in_its_own_transaction() {
             .fetch_one(&app.pool)
     };
 
-    let done = autokey_worker::batch::fulfill_batch(&app.pool, ids[0], 200, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let done =
+        autokey_worker::batch::fulfill_batch(&app.pool, ids[0], 200, Duration::from_secs(5), None)
+            .await
+            .unwrap();
     assert_eq!(done.lead, fulfillment::Outcome::Fulfilled { keys: 1 });
     // Orders of the same pool only: 99 others, less the busy one and the fetched one.
     assert_eq!(done.also_fulfilled, 97, "{done:?}");
@@ -500,9 +501,10 @@ async fn a_batch_that_runs_short_serves_the_oldest_and_backorders_the_rest_in_pa
     }
 
     // The youngest order's job leads; the batch still serves oldest paid first.
-    let done = autokey_worker::batch::fulfill_batch(&app.pool, ids[4], 100, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let done =
+        autokey_worker::batch::fulfill_batch(&app.pool, ids[4], 100, Duration::from_secs(5), None)
+            .await
+            .unwrap();
     assert_eq!(
         done.lead,
         fulfillment::Outcome::Backordered {
@@ -692,4 +694,46 @@ async fn a_worker_killed_inside_a_fast_lane_run_leaves_the_job_to_the_others() {
     survivor.stop().await.unwrap();
     assert_eq!(deliveries(&app, id).await, 1);
     assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (0, 0, 1));
+}
+
+/// `fulfill?wait` waiters learn of fulfilled orders from a NOTIFY the worker sends after
+/// each delivery has committed (not inside it: notifying commits queue on one lock), with
+/// many orders per payload. Whichever path served it (fast lane, another order's batch),
+/// every order the worker fulfilled is announced, and only once it reads as FULFILLED.
+#[tokio::test]
+async fn the_worker_announces_fulfilled_orders_after_commit() {
+    let app = spawn_app().await;
+    let shop = fixtures::shop(&app, 30).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&app.pool)
+        .await
+        .unwrap();
+    listener
+        .listen(autokey_shared::model::ORDER_FULFILLED_CHANNEL)
+        .await
+        .unwrap();
+    let mut paid = Vec::new();
+    for _ in 0..20 {
+        paid.push(paid_order(&app, shop.offer_id, 1).await);
+    }
+    let _worker = app.start_worker();
+    let mut heard = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !paid.iter().all(|id| heard.contains(id)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let note = tokio::time::timeout(left, listener.recv())
+            .await
+            .unwrap_or_else(|_| panic!("announced {} of 20 orders", heard.len()))
+            .unwrap();
+        for id in autokey_shared::announce::ids(note.payload()) {
+            let id: Uuid = id.parse().expect("an announcement names order ids");
+            // Announced after the commit: the order is FULFILLED for every reader.
+            let status: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+                .bind(id)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+            assert_eq!(status, "FULFILLED");
+            heard.insert(id);
+        }
+    }
 }

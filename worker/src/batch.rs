@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use autokey_shared::{
+    announce::{Announce, Announcer},
     db,
     jobs::{FulfillOrder, Job, JobError, queue},
     transitions::delivery::{self, Outcome, Take},
@@ -20,13 +21,19 @@ pub struct BatchOutcome {
     /// Other orders served in the same transaction (their jobs are now done).
     pub also_fulfilled: usize,
     pub also_backordered: usize,
+    /// The orders this batch fulfilled.
+    pub fulfilled: Vec<Uuid>,
     /// When each order this batch fulfilled was paid (for the pay -> FULFILLED latency).
     pub fulfilled_paid_at: Vec<chrono::DateTime<chrono::Utc>>,
 }
 
 impl BatchOutcome {
-    /// Counts the committed batch in this process's metrics.
-    pub fn record_metrics(&self) {
+    /// What follows the batch's commit: its metrics, and the announcement of its fulfilled
+    /// orders to `fulfill?wait` waiters (`announcer`; None: the transaction announced them).
+    pub fn committed(&self, announcer: Option<&Announcer>) {
+        if let Some(announcer) = announcer {
+            announcer.announce(self.fulfilled.iter().map(Uuid::to_string));
+        }
         autokey_shared::metrics::orders_fulfilled(&self.fulfilled_paid_at);
         let backordered =
             self.also_backordered + usize::from(matches!(self.lead, Outcome::Backordered { .. }));
@@ -34,18 +41,28 @@ impl BatchOutcome {
     }
 }
 
+/// Who announces a batch's fulfilled orders.
+fn announce_by(announcer: Option<&Announcer>) -> Announce {
+    match announcer {
+        Some(_) => Announce::AfterCommit,
+        None => Announce::InTransaction,
+    }
+}
+
 /// Fulfills `lead` plus up to `extra` orders of the same pool, oldest paid first, in one
-/// transaction.
+/// transaction. `announcer`: who tells waiters about fulfilled orders after the commit
+/// (None: a NOTIFY in the transaction).
 pub async fn fulfill_batch(
     pool: &PgPool,
     lead: Uuid,
     extra: i64,
     lock_timeout: Duration,
+    announcer: Option<&Announcer>,
 ) -> Result<BatchOutcome, JobError> {
     let mut tx = db::begin_with_lock_timeout(pool, lock_timeout).await?;
-    let out = fulfill_batch_in(&mut tx, lead, extra).await?;
+    let out = fulfill_batch_in(&mut tx, lead, extra, announce_by(announcer)).await?;
     tx.commit().await?;
-    out.record_metrics();
+    out.committed(announcer);
     Ok(out)
 }
 
@@ -59,6 +76,7 @@ pub async fn fulfill_job(
     job_id: &str,
     extra: i64,
     lock_timeout: Duration,
+    announcer: Option<&Announcer>,
 ) -> Result<Option<(Uuid, BatchOutcome)>, JobError> {
     let mut tx = db::begin_with_lock_timeout(pool, lock_timeout).await?;
     let Some(job) = queue::claim_pending::<FulfillOrder>(&mut tx, job_id).await? else {
@@ -71,10 +89,10 @@ pub async fn fulfill_job(
         span.record("request_id", request_id.as_str());
     }
     autokey_shared::metrics::job_attempt(FulfillOrder::QUEUE);
-    let out = fulfill_batch_in(&mut tx, job.order_id, extra).await?;
+    let out = fulfill_batch_in(&mut tx, job.order_id, extra, announce_by(announcer)).await?;
     queue::mark_served_by_lane(&mut tx, job_id).await?;
     tx.commit().await?;
-    out.record_metrics();
+    out.committed(announcer);
     Ok(Some((job.order_id, out)))
 }
 
@@ -83,6 +101,7 @@ async fn fulfill_batch_in(
     tx: &mut PgConnection,
     lead: Uuid,
     extra: i64,
+    announce: Announce,
 ) -> Result<BatchOutcome, JobError> {
     // The job's own order first, waiting for its lock.
     let mut orders = delivery::lock(tx, Take::One(lead)).await?;
@@ -105,18 +124,20 @@ async fn fulfill_batch_in(
         let taken = queue::take_pending_fulfillments(tx, &ids).await?;
         orders.extend(others.into_iter().filter(|o| taken.contains(&o.id)));
     }
-    let outcomes = delivery::deliver(tx, &orders).await?;
+    let outcomes = delivery::deliver_with(tx, &orders, announce).await?;
     let mut out = BatchOutcome {
         lead: Outcome::NothingToDo,
         also_fulfilled: 0,
         also_backordered: 0,
+        fulfilled: Vec::new(),
         fulfilled_paid_at: Vec::new(),
     };
     for (id, outcome) in outcomes {
-        if matches!(outcome, Outcome::Fulfilled { .. })
-            && let Some(paid_at) = orders.iter().find(|o| o.id == id).and_then(|o| o.paid_at)
-        {
-            out.fulfilled_paid_at.push(paid_at);
+        if matches!(outcome, Outcome::Fulfilled { .. }) {
+            out.fulfilled.push(id);
+            if let Some(paid_at) = orders.iter().find(|o| o.id == id).and_then(|o| o.paid_at) {
+                out.fulfilled_paid_at.push(paid_at);
+            }
         }
         match outcome {
             _ if id == lead => out.lead = outcome,

@@ -14,7 +14,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use autokey_shared::jobs::{self, FulfillOrder, Job};
+use autokey_shared::{
+    announce::Announcer,
+    jobs::{self, FulfillOrder, Job},
+};
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::{
     sync::{Semaphore, mpsc},
@@ -28,9 +31,11 @@ use crate::{batch, runner::WorkerConfig};
 const BACKLOG: usize = 4096;
 
 /// Runs the lane until `stop` resolves, then lets running jobs finish.
+/// `fulfilled` announces the orders each run fulfilled, after its commit.
 pub async fn run(
     pool: PgPool,
     config: Arc<WorkerConfig>,
+    fulfilled: Announcer,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect_with(&pool).await?;
@@ -54,10 +59,10 @@ pub async fn run(
                     _ = &mut stop => break,
                     slot = slots.clone().acquire_owned() => slot.expect("the lane's semaphore is never closed"),
                 };
-                let (pool, config) = (pool.clone(), config.clone());
+                let (pool, config, fulfilled) = (pool.clone(), config.clone(), fulfilled.clone());
                 running.spawn(async move {
                     let _slot = slot;
-                    run_one(&pool, &config, &job_id).await;
+                    run_one(&pool, &config, &fulfilled, &job_id).await;
                 });
             }
         }
@@ -92,7 +97,7 @@ async fn forward(mut listener: PgListener, tx: mpsc::Sender<String>) {
     }
 }
 
-async fn run_one(pool: &PgPool, config: &WorkerConfig, job_id: &str) {
+async fn run_one(pool: &PgPool, config: &WorkerConfig, fulfilled: &Announcer, job_id: &str) {
     // order_id and request_id are filled in once the job is claimed (batch::fulfill_job).
     let span = tracing::info_span!(
         "job",
@@ -101,11 +106,24 @@ async fn run_one(pool: &PgPool, config: &WorkerConfig, job_id: &str) {
         order_id = tracing::field::Empty,
         request_id = tracing::field::Empty
     );
-    run_one_in_span(pool, config, job_id).instrument(span).await
+    run_one_in_span(pool, config, fulfilled, job_id)
+        .instrument(span)
+        .await
 }
 
-async fn run_one_in_span(pool: &PgPool, config: &WorkerConfig, job_id: &str) {
-    let work = batch::fulfill_job(pool, job_id, config.batch_extra_orders, config.lock_timeout);
+async fn run_one_in_span(
+    pool: &PgPool,
+    config: &WorkerConfig,
+    fulfilled: &Announcer,
+    job_id: &str,
+) {
+    let work = batch::fulfill_job(
+        pool,
+        job_id,
+        config.batch_extra_orders,
+        config.lock_timeout,
+        Some(fulfilled),
+    );
     match crate::runner::guarded(work).await {
         Ok(Some((order_id, done))) => crate::runner::log_outcome(order_id, &done),
         Ok(None) => {}

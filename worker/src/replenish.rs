@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use autokey_shared::{
+    announce::{Announce, Announcer},
     db,
     jobs::JobError,
     transitions::{
@@ -30,6 +31,7 @@ pub async fn replenish_pool(
     pool: &PgPool,
     pool_id: Uuid,
     lock_timeout: Duration,
+    announcer: &Announcer,
 ) -> Result<Replenished, JobError> {
     let mut done = Replenished::default();
     // Approved key reports first: their orders were paid long ago and wait for one key.
@@ -54,12 +56,17 @@ pub async fn replenish_pool(
             },
         )
         .await?;
-        let outcomes = delivery::deliver(&mut tx, &waiting).await?;
+        let outcomes = delivery::deliver_with(&mut tx, &waiting, Announce::AfterCommit).await?;
         tx.commit().await?;
-        let paid_at: Vec<_> = outcomes
+        let fulfilled: Vec<Uuid> = outcomes
             .iter()
             .filter(|(_, o)| matches!(o, Outcome::Fulfilled { .. }))
-            .filter_map(|(id, _)| waiting.iter().find(|w| w.id == *id)?.paid_at)
+            .map(|(id, _)| *id)
+            .collect();
+        announcer.announce(fulfilled.iter().map(Uuid::to_string));
+        let paid_at: Vec<_> = fulfilled
+            .iter()
+            .filter_map(|id| waiting.iter().find(|w| w.id == *id)?.paid_at)
             .collect();
         autokey_shared::metrics::orders_fulfilled(&paid_at);
         let served = outcomes

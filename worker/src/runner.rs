@@ -72,6 +72,8 @@ impl Default for WorkerConfig {
 pub(crate) struct Ctx {
     pub(crate) pool: PgPool,
     pub(crate) config: Arc<WorkerConfig>,
+    /// Tells `fulfill?wait` waiters about fulfilled orders, after each commit.
+    pub(crate) fulfilled: autokey_shared::announce::Announcer,
 }
 
 /// A unique identity per process start, so a restarted process under the same platform
@@ -192,6 +194,7 @@ pub(crate) async fn handle_fulfill(
             job.order_id,
             ctx.config.batch_extra_orders,
             ctx.config.lock_timeout,
+            Some(&ctx.fulfilled),
         ))
         .await
         {
@@ -219,6 +222,7 @@ pub(crate) async fn handle_replenish(
         &ctx.pool,
         job.pool_id,
         ctx.config.lock_timeout,
+        &ctx.fulfilled,
     ))
     .await
     {

@@ -4,7 +4,11 @@
 use std::sync::Arc;
 
 use apalis::prelude::*;
-use autokey_shared::jobs::{FulfillOrder, Job, ReencryptKeys, ReplenishPool};
+use autokey_shared::{
+    announce::Announcer,
+    jobs::{FulfillOrder, Job, ReencryptKeys, ReplenishPool},
+    model::ORDER_FULFILLED_CHANNEL,
+};
 use sqlx::PgPool;
 use std::time::Duration;
 
@@ -88,6 +92,11 @@ pub async fn run(
     let ctx = Ctx {
         pool: pool.clone(),
         config: Arc::new(config.clone()),
+        fulfilled: Announcer::start(
+            pool.clone(),
+            ORDER_FULFILLED_CHANNEL,
+            autokey_shared::metrics::fulfilled_announcement_dropped,
+        ),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
@@ -131,8 +140,9 @@ pub async fn run(
     }
     if config.fast_lane {
         let (pool, config, stop) = (pool.clone(), ctx.config.clone(), stop_rx.clone());
+        let fulfilled = ctx.fulfilled.clone();
         parts.spawn(async move {
-            if let Err(e) = fast_lane::run(pool, config, until_stop(stop)).await {
+            if let Err(e) = fast_lane::run(pool, config, fulfilled, until_stop(stop)).await {
                 // The queue's workers still poll; only the latency suffers.
                 tracing::error!(error = %e, "fast lane stopped; jobs are polled");
             }

@@ -27,16 +27,9 @@ pub const ENQUEUE: &str = "WITH ins AS (
      SELECT (SELECT count(*) FROM ins),
             (SELECT count(*) FROM (SELECT pg_notify($7, id) FROM ins WHERE $7 IS NOT NULL) n)";
 
-/// Who tells a worker's fast lane about new fast-lane jobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Announce {
-    /// A NOTIFY in the enqueuing transaction. Simple, but PostgreSQL serializes the
-    /// commits of notifying transactions: for rare jobs and tools.
-    InTransaction,
-    /// The caller announces them after its commit (`jobs::lane::LaneAnnouncer`), many
-    /// per NOTIFY: the api's pays.
-    AfterCommit,
-}
+/// Who announces new fast-lane jobs: the enqueuing transaction, or its caller after the
+/// commit (`jobs::lane::LaneAnnouncer`, many per NOTIFY: the api's pays).
+pub use crate::announce::Announce;
 
 /// Enqueues `jobs` on `conn` (typically inside the caller's transaction), in one statement;
 /// fast-lane jobs are announced in the transaction.

@@ -12,7 +12,7 @@
 //!
 //! Every statement is bound to an index by equality or by a bounded `LIMIT` in index
 //! order: `orders_pkey`, `orders_fresh_idx`, `orders_backordered_idx`,
-//! `keys_order_idx`, `keys_claim_idx`.
+//! `keys_order_idx`, `keys_pool_status_idx` (its `status = 'AVAILABLE'` range).
 
 use std::collections::HashMap;
 
@@ -20,7 +20,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 
-use crate::{error::CoreError, model::ORDER_FULFILLED_CHANNEL, model::OrderStatus};
+use crate::{
+    announce::Announce, error::CoreError, model::ORDER_FULFILLED_CHANNEL, model::OrderStatus,
+};
 
 /// What happened to one order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,11 +112,24 @@ pub async fn lock_replenishment(conn: &mut PgConnection, pool_id: Uuid) -> Resul
 }
 
 /// Delivers to `orders` (locked by the caller's transaction) what their pools allow, by
-/// the rules above; returns each order's outcome, in the order given.
+/// the rules above; returns each order's outcome, in the order given. Fulfilled orders are
+/// announced on [`ORDER_FULFILLED_CHANNEL`] in the transaction.
 pub async fn deliver(
     conn: &mut PgConnection,
     orders: &[Locked],
 ) -> Result<Vec<(Uuid, Outcome)>, CoreError> {
+    deliver_with(conn, orders, Announce::InTransaction).await
+}
+
+/// [`deliver`], saying who announces the fulfilled orders: with `AfterCommit` the caller
+/// hands them to its [`crate::announce::Announcer`] once its transaction has committed
+/// (the worker: its deliveries' commits would otherwise queue on the NOTIFY lock).
+pub async fn deliver_with(
+    conn: &mut PgConnection,
+    orders: &[Locked],
+    announce: Announce,
+) -> Result<Vec<(Uuid, Outcome)>, CoreError> {
+    let channel = (announce == Announce::InTransaction).then_some(ORDER_FULFILLED_CHANNEL);
     let mut by_pool: HashMap<Uuid, Vec<Member>> = HashMap::new();
     for o in orders {
         if let (OrderStatus::Paid, Some(pool_id), Some(paid_at)) = (o.status, o.pool_id, o.paid_at)
@@ -129,7 +144,7 @@ pub async fn deliver(
     let mut outcomes: HashMap<Uuid, Outcome> = HashMap::new();
     for (pool_id, mut members) in by_pool {
         members.sort_by_key(|m| (m.paid_at, m.id));
-        outcomes.extend(deliver_in_pool(conn, pool_id, &members).await?);
+        outcomes.extend(deliver_in_pool(conn, pool_id, &members, channel).await?);
     }
     Ok(orders
         .iter()
@@ -160,6 +175,7 @@ async fn deliver_in_pool(
     conn: &mut PgConnection,
     pool_id: Uuid,
     members: &[Member],
+    channel: Option<&str>,
 ) -> Result<Vec<(Uuid, Outcome)>, CoreError> {
     let ids: Vec<Uuid> = members.iter().map(|m| m.id).collect();
     // Keys already held for these orders (a backorder's partial reservation).
@@ -237,7 +253,7 @@ async fn deliver_in_pool(
             },
         ));
     }
-    plan.write(conn).await?;
+    plan.write(conn, channel).await?;
     Ok(outcomes)
 }
 
@@ -286,11 +302,13 @@ pub const WRITE: &str = concat!(
     ")
      SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM kd), (SELECT count(*) FROM kr),
             (SELECT count(*) FROM f),
-            (SELECT count(*) FROM (SELECT pg_notify($7, id::text) FROM f) n)"
+            (SELECT count(*) FROM (SELECT pg_notify($7, id::text) FROM f WHERE $7::text IS NOT NULL) n)"
 );
 
 impl Plan {
-    async fn write(self, conn: &mut PgConnection) -> Result<(), CoreError> {
+    /// `channel`: where fulfilled orders are announced in the transaction (None: the
+    /// caller announces them after its commit).
+    async fn write(self, conn: &mut PgConnection, channel: Option<&str>) -> Result<(), CoreError> {
         if self.deliveries.is_empty() && self.reservations.is_empty() && self.backordered.is_empty()
         {
             return Ok(());
@@ -312,7 +330,7 @@ impl Plan {
             .bind(&ro)
             .bind(&self.fulfilled)
             .bind(&self.backordered)
-            .bind(ORDER_FULFILLED_CHANNEL)
+            .bind(channel)
             .fetch_one(conn)
             .await?;
         let n = dk.len() as i64;
