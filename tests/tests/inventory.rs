@@ -867,3 +867,43 @@ async fn pools_and_offers_are_listed_a_page_at_a_time() {
         .collect();
     assert_eq!(listed, pools);
 }
+
+/// Units owed to paid orders (`pool_owed`) change only when an order's status does: an
+/// order row can only be inserted PENDING, whoever inserts it.
+#[tokio::test]
+async fn an_order_row_can_only_be_inserted_pending() {
+    let app = spawn_app().await;
+    let shop = fixtures::shop(&app, 2).await;
+    let insert = |status: &'static str| {
+        sqlx::query(
+            "INSERT INTO orders (id, buyer_id, offer_id, pool_id, quantity, amount_cents,
+                                 currency, status, paid_at)
+             VALUES ($1, $2, $3, $4, 1, 999, 'EUR', $5,
+                     CASE WHEN $5 = 'PENDING' THEN NULL ELSE now() END)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(Uuid::now_v7())
+        .bind(shop.offer_id)
+        .bind(shop.pool_id)
+        .bind(status)
+    };
+    let err = insert("PAID").execute(&app.pool).await.unwrap_err();
+    let db = err.as_database_error().expect("a database error");
+    assert_eq!(db.code().as_deref(), Some("23514"));
+    assert_eq!(db.constraint(), Some("orders_inserted_pending"));
+    let owed: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(units), 0)::bigint FROM pool_owed WHERE pool_id = $1",
+    )
+    .bind(shop.pool_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(owed, 0);
+    insert("PENDING").execute(&app.pool).await.unwrap();
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE pool_id = $1")
+        .bind(shop.pool_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(orders, 1, "the PAID insert left nothing behind");
+}
