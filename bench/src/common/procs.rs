@@ -1,6 +1,7 @@
 //! The real release binaries as child processes, and their RSS and CPU time.
 
 use std::{
+    collections::HashMap,
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -155,37 +156,31 @@ pub fn rss_mib(pid: u32) -> Option<(f64, f64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// CPU seconds (user + system) used so far by each of `pids` that still runs, summed.
-pub fn cpu_secs(pids: &[u32]) -> f64 {
+/// CPU seconds (user + system) used so far by `pid`, if it still runs.
+fn cpu_secs_of(pid: u32) -> Option<f64> {
     let tick = 100.0; // USER_HZ on Linux
-    pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|s| {
-            // Fields after the command name (which may hold spaces) in parentheses.
-            let rest = &s[s.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
-            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
-        })
-        .sum::<f64>()
-        / tick
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / tick)
 }
 
-/// The server's processes (the postmaster's children: backends, WAL writer, checkpointer,
-/// autovacuum), when the server runs on this machine and its data directory is readable.
-pub async fn server_pids(db: &PgPool) -> Vec<u32> {
-    let Ok(dir) = sqlx::query_scalar::<_, String>("SELECT current_setting('data_directory')")
+/// The server's postmaster, when the server runs on this machine and its data directory
+/// is readable.
+async fn postmaster_pid(db: &PgPool) -> Option<u32> {
+    let dir = sqlx::query_scalar::<_, String>("SELECT current_setting('data_directory')")
         .fetch_one(db)
         .await
-    else {
-        return Vec::new();
-    };
-    let Some(postmaster) = std::fs::read_to_string(format!("{dir}/postmaster.pid"))
+        .ok()?;
+    std::fs::read_to_string(format!("{dir}/postmaster.pid"))
         .ok()
         .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
-    else {
-        return Vec::new();
-    };
+}
+
+/// The postmaster and its children (backends, WAL writer, checkpointer, autovacuum) now.
+fn server_processes(postmaster: u32) -> Vec<u32> {
     let mut pids = vec![postmaster];
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry
@@ -210,28 +205,51 @@ pub async fn server_pids(db: &PgPool) -> Vec<u32> {
     pids
 }
 
+/// Whose CPU a group counts.
+enum Members {
+    Fixed(Vec<u32>),
+    /// The server's processes as they are at each reading: backends that connect during a
+    /// phase (a pool growing under load) count from their start.
+    Server(Option<u32>),
+}
+
+impl Members {
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Members::Fixed(pids) => pids.clone(),
+            Members::Server(Some(postmaster)) => server_processes(*postmaster),
+            Members::Server(None) => Vec::new(),
+        }
+    }
+}
+
 /// CPU used during a phase by the api, the database server, the worker and the bench
-/// itself (the load generator), in ms per operation.
+/// itself (the load generator), in ms per operation. A backend that exits during the
+/// phase takes its CPU with it (rare: pools keep their connections).
 pub struct CpuMeter {
-    groups: Vec<(&'static str, Vec<u32>, f64)>,
+    groups: Vec<(&'static str, Members, HashMap<u32, f64>)>,
 }
 
 impl CpuMeter {
     pub async fn start(db: &PgPool, api: u32, worker: Option<u32>) -> Self {
         let mut groups = vec![
-            ("api", vec![api]),
-            ("postgres", server_pids(db).await),
-            ("generator", vec![std::process::id()]),
+            ("api", Members::Fixed(vec![api])),
+            ("postgres", Members::Server(postmaster_pid(db).await)),
+            ("generator", Members::Fixed(vec![std::process::id()])),
         ];
         if let Some(w) = worker {
-            groups.push(("worker", vec![w]));
+            groups.push(("worker", Members::Fixed(vec![w])));
         }
         CpuMeter {
             groups: groups
                 .into_iter()
-                .map(|(n, p)| {
-                    let c = cpu_secs(&p);
-                    (n, p, c)
+                .map(|(n, m)| {
+                    let before = m
+                        .pids()
+                        .into_iter()
+                        .filter_map(|pid| Some((pid, cpu_secs_of(pid)?)))
+                        .collect();
+                    (n, m, before)
                 })
                 .collect(),
         }
@@ -241,8 +259,15 @@ impl CpuMeter {
     pub fn per_op(&self, ops: u64) -> serde_json::Value {
         let mut out = serde_json::Map::new();
         let mut total = 0.0;
-        for (name, pids, before) in &self.groups {
-            let ms = (cpu_secs(pids) - before) * 1000.0 / ops.max(1) as f64;
+        for (name, members, before) in &self.groups {
+            let used: f64 = members
+                .pids()
+                .into_iter()
+                .filter_map(|pid| {
+                    Some(cpu_secs_of(pid)? - before.get(&pid).copied().unwrap_or(0.0))
+                })
+                .sum();
+            let ms = used * 1000.0 / ops.max(1) as f64;
             total += ms;
             out.insert((*name).into(), ms.into());
         }
