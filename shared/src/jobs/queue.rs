@@ -80,9 +80,12 @@ pub async fn enqueue<J: Job>(conn: &mut PgConnection, job: &J) -> Result<bool, s
     Ok(enqueue_many(conn, std::slice::from_ref(job)).await? == 1)
 }
 
-pub const CLAIM_PENDING: &str =
-    "SELECT job FROM apalis.jobs WHERE id = $1 AND job_type = $2 AND status = 'Pending'
-         FOR UPDATE SKIP LOCKED";
+/// `IS NOT DISTINCT FROM` (the same, for NOT NULL columns) leaves the job found by its
+/// primary key only: planned on an empty table, `=` made the planner walk every Pending
+/// job of the queue in `autokey_jobs_live_idx` (`tests/tests/plans.rs`).
+pub const CLAIM_PENDING: &str = "SELECT job FROM apalis.jobs
+     WHERE id = $1 AND job_type IS NOT DISTINCT FROM $2 AND status IS NOT DISTINCT FROM 'Pending'
+     FOR UPDATE SKIP LOCKED";
 
 /// Claims job `job_id` of queue `J` for the fast lane: row-locks it if it is still
 /// Pending and nobody holds it, and returns its payload. None when it is not there to
@@ -104,7 +107,10 @@ pub const TAKE_PENDING_FULFILLMENTS: &str =
     "UPDATE apalis.jobs SET status = 'Done', done_at = now(), attempts = attempts + 1,
             last_result = jsonb_build_object('Ok', 'served in a batch')
      WHERE id = ANY(ARRAY(SELECT id FROM apalis.jobs
-                          WHERE id = ANY($1) AND status IN ('Pending', 'Failed', 'Killed')
+                          WHERE id = ANY($1)
+                            AND (status IS NOT DISTINCT FROM 'Pending'
+                                 OR status IS NOT DISTINCT FROM 'Failed'
+                                 OR status IS NOT DISTINCT FROM 'Killed')
                           FOR UPDATE SKIP LOCKED))
      RETURNING id";
 
@@ -114,7 +120,8 @@ pub const TAKE_PENDING_FULFILLMENTS: &str =
 /// for a retry, or dead, is taken too (its order is served now). Returns the orders whose
 /// jobs it took, which the batch must then serve in the same transaction. One statement:
 /// each job row is locked and written once, found by primary key (the ids derive from the
-/// orders; the lock is a sub-select, so no join the planner could turn around).
+/// orders; the lock is a sub-select, so no join the planner could turn around; the status
+/// test is one no index can serve, so the planner cannot read the queue's live jobs instead).
 pub async fn take_pending_fulfillments(
     conn: &mut PgConnection,
     order_ids: &[Uuid],

@@ -18,21 +18,25 @@ use crate::{
 };
 
 /// `IS NOT DISTINCT FROM`: see `store::order_keys::READ` (here against the partial
-/// indexes of `order_deliveries` and `key_reports`).
+/// indexes of `order_deliveries` and `key_reports`, and against the DELIVERED range of
+/// `keys_pool_status_idx`, which plans made on empty tables walked to find the order's keys).
 pub const REFUND_FULFILLED: &str = "WITH o AS (UPDATE orders SET refunded_at = now()
            WHERE id = $1 AND status = 'FULFILLED' AND refunded_at IS NULL RETURNING id),
      d AS (UPDATE order_deliveries d SET returned_at = now()
            FROM o, keys dk
            WHERE d.order_id = o.id AND d.returned_at IS NOT DISTINCT FROM NULL::timestamptz
-             AND dk.id = d.key_id AND dk.status = 'DELIVERED' AND dk.order_id = o.id
+             AND dk.id = d.key_id AND dk.status IS NOT DISTINCT FROM 'DELIVERED'
+             AND dk.order_id = o.id
            RETURNING d.key_id, d.revealed_at),
      back AS (UPDATE keys k SET status = 'AVAILABLE', order_id = NULL, delivered_at = NULL,
                      reserved_at = NULL
-              FROM d WHERE k.id = d.key_id AND d.revealed_at IS NULL AND k.status = 'DELIVERED'
+              FROM d WHERE k.id = d.key_id AND d.revealed_at IS NULL
+                AND k.status IS NOT DISTINCT FROM 'DELIVERED'
               RETURNING k.pool_id),
      inv AS (UPDATE keys k SET status = 'INVALID', order_id = NULL, delivered_at = NULL,
                     reserved_at = NULL, invalidated_at = now(), invalid_reason = 'refunded'
-             FROM d WHERE k.id = d.key_id AND d.revealed_at IS NOT NULL AND k.status = 'DELIVERED'
+             FROM d WHERE k.id = d.key_id AND d.revealed_at IS NOT NULL
+               AND k.status IS NOT DISTINCT FROM 'DELIVERED'
              RETURNING k.id, k.pool_id, k.invalidated_at),
      e AS (INSERT INTO events (id, type, seller_id, pool_id, data)
            SELECT gen_random_uuid(), 'key.invalidated', p.seller_id, inv.pool_id,
