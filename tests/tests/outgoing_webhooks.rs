@@ -421,3 +421,62 @@ async fn a_slow_receiver_never_delays_fulfillment_and_the_test_route_reaches_one
     );
     worker.stop().await.unwrap();
 }
+
+/// A stopping worker finishes the request under way and leaves an endpoint's other due
+/// deliveries for the next start: a slow receiver with a backlog cannot hold up a
+/// shutdown (here 12 due deliveries at 1 s each would be 12 s), and nothing is lost.
+#[tokio::test]
+async fn a_stopping_worker_does_not_wait_for_a_slow_receivers_backlog() {
+    let app = spawn_app().await;
+    let (seller, _) = app.seller().await;
+    let slow = receiver(0, Duration::from_secs(1)).await;
+    register(&app, &seller, &slow.url, &["key.invalidated"]).await;
+    let r = app
+        .post("/key-pools", &seller, json!({ "name": "p" }))
+        .await;
+    let pool: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
+    fixtures::add_keys(&app, pool, 12).await;
+    let keys: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM keys WHERE pool_id = $1")
+        .bind(pool)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    for key in &keys {
+        let mut tx = app.pool.begin().await.unwrap();
+        autokey_shared::transitions::invalidate(&mut tx, *key)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let worker = app.start_worker();
+    wait_until(
+        "the first request never came",
+        Duration::from_secs(10),
+        || slow.calls.load(Ordering::SeqCst) > 0,
+    )
+    .await;
+    let asked = Instant::now();
+    worker.stop().await.unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_secs(6),
+        "stopping took {:?}",
+        asked.elapsed()
+    );
+    let got = slow.got.lock().unwrap().len();
+    assert!(got < 12, "all {got} were sent before the worker stopped");
+    // The next start sends the rest, each once.
+    let worker = app.start_worker();
+    wait_until("the rest never arrived", Duration::from_secs(90), || {
+        slow.got.lock().unwrap().len() >= 12
+    })
+    .await;
+    worker.stop().await.unwrap();
+    let ids: std::collections::HashSet<String> = slow
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(ids.len(), 12);
+}

@@ -64,15 +64,19 @@ pub async fn run(
     };
     let config = Arc::new(config);
     let mut sending = JoinSet::new();
+    // Senders stop between deliveries once the process is stopping: a slow receiver
+    // (up to `timeout` a request, 100 due deliveries a lease) must not hold up a shutdown.
+    let (stopping, stop_seen) = tokio::sync::watch::channel(false);
     loop {
         // Fill the free slots with endpoints that have work.
         while sending.len() < config.concurrency.max(1) {
             match lease_one(&pool).await {
                 Ok(Some(endpoint)) => {
                     let (pool, vault, config) = (pool.clone(), vault.clone(), config.clone());
-                    sending.spawn(
-                        async move { send_endpoint(&pool, &vault, &config, endpoint).await },
-                    );
+                    let stop_seen = stop_seen.clone();
+                    sending.spawn(async move {
+                        send_endpoint(&pool, &vault, &config, endpoint, &stop_seen).await
+                    });
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -95,7 +99,9 @@ pub async fn run(
             _ = wake => {}
         }
     }
-    // Deliveries under way finish (each is short); their leases are released.
+    // Requests under way finish (each within `timeout`); the rest wait for the next
+    // start; their leases are released.
+    let _ = stopping.send(true);
     while sending.join_next().await.is_some() {}
 }
 
@@ -104,8 +110,15 @@ async fn lease_one(pool: &PgPool) -> Result<Option<Leased>, sqlx::Error> {
     webhooks::lease(&mut conn, LEASE).await
 }
 
-/// Sends the leased endpoint's due deliveries in order, stopping at the first failure.
-async fn send_endpoint(pool: &PgPool, vault: &Vault, config: &WebhookConfig, endpoint: Leased) {
+/// Sends the leased endpoint's due deliveries in order, stopping at the first failure or
+/// when the process is stopping (`stop_seen`).
+async fn send_endpoint(
+    pool: &PgPool,
+    vault: &Vault,
+    config: &WebhookConfig,
+    endpoint: Leased,
+    stop_seen: &tokio::sync::watch::Receiver<bool>,
+) {
     let result = async {
         let secret = open_secret(vault, &endpoint)?;
         let due = {
@@ -114,6 +127,9 @@ async fn send_endpoint(pool: &PgPool, vault: &Vault, config: &WebhookConfig, end
         };
         let client = client_for(&endpoint.url, config).await;
         for delivery in due {
+            if *stop_seen.borrow() {
+                break;
+            }
             let outcome = match &client {
                 Ok(client) => send(client, &endpoint.url, &secret, &delivery).await,
                 Err(refused) => Err((None, refused.clone())),
