@@ -2,7 +2,7 @@
 # Runs the benchmarks (never part of the test suite) against a real PostgreSQL: the one
 # BENCH_DATABASE_URL names, else one provisioned like test.sh does.
 # Usage: scripts/bench.sh [scenario|all] [autokey-bench options]
-# (scenarios: drain, steady, http, footprint, ingest, and the SQL-seeded fulfill, limit;
+# (scenarios: drain, steady, http, footprint, ingest, rotation, and the SQL-seeded fulfill, limit;
 # default all; `scripts/bench.sh all --help` lists the options and sizes).
 # Results: tables on stdout, one dated JSON line per scenario in bench-results/results.jsonl,
 # child process logs in bench-results/tmp/ (git-ignored).
