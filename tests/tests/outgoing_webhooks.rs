@@ -58,6 +58,18 @@ async fn receiver(fail_first: usize, delay: Duration) -> Receiver {
     }
 }
 
+/// A new pool of the seller's with `n` keys; their ids.
+async fn pool_of_keys(app: &TestApp, seller: &str, n: usize) -> Vec<Uuid> {
+    let r = app.post("/key-pools", seller, json!({ "name": "p" })).await;
+    let pool: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
+    fixtures::add_keys(app, pool, n).await;
+    sqlx::query_scalar("SELECT id FROM keys WHERE pool_id = $1")
+        .bind(pool)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+}
+
 async fn register(app: &TestApp, token: &str, url: &str, types: &[&str]) -> (Uuid, String) {
     let r = app
         .post(
@@ -306,18 +318,9 @@ async fn a_thousand_events_are_each_delivered_once_in_order() {
     let (seller, _) = app.seller().await;
     let recv = receiver(0, Duration::ZERO).await;
     register(&app, &seller, &recv.url, &["key.invalidated"]).await;
-    let r = app
-        .post("/key-pools", &seller, json!({ "name": "p" }))
-        .await;
-    let pool: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
-    fixtures::add_keys(&app, pool, 1000).await;
+    let keys = pool_of_keys(&app, &seller, 1000).await;
     let worker = app.start_worker();
     // A thousand transactions, several at once, each invalidating one key.
-    let keys: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM keys WHERE pool_id = $1")
-        .bind(pool)
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
     futures::future::join_all(keys.chunks(125).map(|chunk| {
         let app = &app;
         async move {
@@ -431,16 +434,7 @@ async fn a_stopping_worker_does_not_wait_for_a_slow_receivers_backlog() {
     let (seller, _) = app.seller().await;
     let slow = receiver(0, Duration::from_secs(1)).await;
     register(&app, &seller, &slow.url, &["key.invalidated"]).await;
-    let r = app
-        .post("/key-pools", &seller, json!({ "name": "p" }))
-        .await;
-    let pool: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
-    fixtures::add_keys(&app, pool, 12).await;
-    let keys: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM keys WHERE pool_id = $1")
-        .bind(pool)
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
+    let keys = pool_of_keys(&app, &seller, 12).await;
     for key in &keys {
         let mut tx = app.pool.begin().await.unwrap();
         autokey_shared::transitions::invalidate(&mut tx, *key)

@@ -79,7 +79,7 @@ async fn forward(mut listener: PgListener, tx: mpsc::Sender<String>) {
         match listener.recv().await {
             Ok(note) => {
                 // One announcement may name many jobs (the api's pays, after their commits).
-                for job_id in jobs::lane::job_ids(note.payload()) {
+                for job_id in autokey_shared::announce::ids(note.payload()) {
                     if let Err(mpsc::error::TrySendError::Closed(_)) =
                         tx.try_send(job_id.to_owned())
                     {

@@ -69,10 +69,7 @@ pub async fn replenish_pool(
             .filter_map(|id| waiting.iter().find(|w| w.id == *id)?.paid_at)
             .collect();
         autokey_shared::metrics::orders_fulfilled(&paid_at);
-        let served = outcomes
-            .iter()
-            .filter(|(_, o)| matches!(o, Outcome::Fulfilled { .. }))
-            .count();
+        let served = fulfilled.len();
         done.fulfilled += served;
         // Nothing waits, or the oldest waiting order cannot be completed: the pool is dry.
         if waiting.len() < BATCH as usize || served < waiting.len() {

@@ -33,11 +33,6 @@ impl LaneAnnouncer {
     }
 }
 
-/// The job ids of one announcement.
-pub fn job_ids(payload: &str) -> impl Iterator<Item = &str> {
-    crate::announce::ids(payload)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,6 +47,6 @@ mod tests {
                 .all(|id| !id.contains(crate::announce::SEPARATOR))
         );
         let payload = ids.join(",");
-        assert_eq!(job_ids(&payload).collect::<Vec<_>>(), ids);
+        assert_eq!(crate::announce::ids(&payload).collect::<Vec<_>>(), ids);
     }
 }
