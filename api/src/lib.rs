@@ -6,6 +6,7 @@ pub mod cli;
 pub mod error;
 pub mod extract;
 pub mod fulfillment_wait;
+pub mod group_commit;
 pub mod ingest;
 pub mod key_input;
 pub mod limits;

@@ -10,6 +10,7 @@ use crate::{
     auth::cache::TokenCache,
     fulfillment_wait::FulfillmentWaiter,
     limits::{rate::RateLimits, uploads::UploadSlots},
+    orders::intake::Intake,
     routes::metrics::GaugeCache,
     settings::Limits,
 };
@@ -22,6 +23,8 @@ pub struct AppState {
     pub waiter: FulfillmentWaiter,
     /// Tells the workers' fast lanes about the jobs of committed pays.
     pub lane: LaneAnnouncer,
+    /// Order inserts and simulated pays, written in groups under load.
+    pub intake: Intake,
     pub tokens: TokenCache,
     pub rate_limits: Arc<RateLimits>,
     pub uploads: Arc<UploadSlots>,
@@ -34,9 +37,11 @@ impl AppState {
         let limits = &settings.limits;
         // Installs the process's recorder before the first request counts anything.
         autokey_shared::metrics::handle();
+        let lane = LaneAnnouncer::start(pool.clone());
         Self {
             waiter: FulfillmentWaiter::start(pool.clone()),
-            lane: LaneAnnouncer::start(pool.clone()),
+            intake: Intake::start(pool.clone(), lane.clone()),
+            lane,
             tokens: TokenCache::start(pool.clone()),
             rate_limits: RateLimits::new(limits),
             uploads: UploadSlots::new(

@@ -530,3 +530,133 @@ async fn orders_list_is_paginated_and_scoped() {
     let r = app.call(Method::GET, "/orders", None, None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
+
+/// Concurrent orders and simulated pays are written in groups, one statement and one
+/// commit for many requests (`orders::intake`). Each request still gets its own answer:
+/// a refused order or pay never fails its neighbours, a pay twice is one pay, and every
+/// paid order has its one job and its audit row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_orders_and_pays_share_commits_but_never_each_others_failures() {
+    let app = spawn_app().await;
+    let open = fixtures::shop(&app, 100).await;
+    let closed = fixtures::shop(&app, 10).await;
+    let scarce = fixtures::shop(&app, 5).await;
+    sqlx::query("UPDATE offers SET status = 'inactive' WHERE id = $1")
+        .bind(closed.offer_id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let storefront = app.storefront().await;
+    let (stranger, _) = app.buyer().await;
+
+    // 40 good orders, 10 on an inactive offer and 10 asking for more than is in stock,
+    // interleaved and sent at once.
+    let asks: Vec<(Uuid, i32, Option<&str>)> = (0..60)
+        .map(|i| match i % 6 {
+            4 => (closed.offer_id, 1, Some("offer_unavailable")),
+            5 => (scarce.offer_id, 6, Some("out_of_stock")),
+            q => (open.offer_id, q + 1, None),
+        })
+        .collect();
+    let answers = futures::future::join_all(asks.iter().map(|(offer, quantity, _)| {
+        app.post(
+            "/orders",
+            &storefront,
+            json!({"offerId": offer, "quantity": quantity, "buyerId": Uuid::new_v4()}),
+        )
+    }))
+    .await;
+    let mut placed = Vec::new();
+    for ((_, quantity, refusal), r) in asks.iter().zip(&answers) {
+        match refusal {
+            None => {
+                assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+                assert_eq!(r.body["status"], "PENDING");
+                assert_eq!(r.body["quantity"], *quantity);
+                assert_eq!(r.body["amountCents"], 999 * i64::from(*quantity));
+                placed.push(r.body["id"].as_str().unwrap().parse::<Uuid>().unwrap());
+            }
+            Some(code) => {
+                assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+                assert_eq!(r.code(), *code);
+            }
+        }
+    }
+    let (orders, commits): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT xmin::text) FROM orders")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(orders, 40, "only the good orders were written");
+    assert!(commits < 40, "40 concurrent orders took {commits} commits");
+
+    // One order is canceled first; then every order is paid at once, the first one
+    // three times, and a stranger tries to pay one it cannot see.
+    let canceled = placed[1];
+    let r = app
+        .post(
+            &format!("/orders/{canceled}/cancel"),
+            &storefront,
+            json!(null),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let mut pays: Vec<(Uuid, &str, StatusCode)> = placed
+        .iter()
+        .map(|&id| {
+            let expect = if id == canceled {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::OK
+            };
+            (id, storefront.as_str(), expect)
+        })
+        .collect();
+    pays.insert(10, (placed[0], storefront.as_str(), StatusCode::OK));
+    pays.insert(20, (placed[0], storefront.as_str(), StatusCode::OK));
+    pays.insert(30, (placed[5], stranger.as_str(), StatusCode::NOT_FOUND));
+    let answers = futures::future::join_all(pays.iter().map(|(id, token, _)| {
+        let app = &app;
+        async move {
+            app.post(&format!("/orders/{id}/pay"), token, json!(null))
+                .await
+        }
+    }))
+    .await;
+    for ((id, _, expect), r) in pays.iter().zip(&answers) {
+        assert_eq!(r.status, *expect, "pay of {id}: {:?}", r.body);
+        if *expect == StatusCode::OK {
+            assert_eq!(r.body["status"], "PAID", "{:?}", r.body);
+            assert_eq!(r.body["id"], id.to_string());
+            assert!(r.body["paidAt"].is_string(), "{:?}", r.body);
+        }
+    }
+    let (paid, commits): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT xmin::text) FROM orders WHERE status = 'PAID'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(paid, 39);
+    assert!(commits < 39, "39 concurrent pays took {commits} commits");
+    let (jobs, distinct_jobs): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT idempotency_key) FROM apalis.jobs
+         WHERE job_type = 'autokey::fulfill_order'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((jobs, distinct_jobs), (39, 39), "one job per paid order");
+    let (audited, with_token): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(actor_token_id) FROM audit_log
+         WHERE action = 'order.paid_simulated'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (audited, with_token),
+        (39, 39),
+        "one audit row per pay that moved"
+    );
+}

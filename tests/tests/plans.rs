@@ -436,6 +436,17 @@ fn cases(w: &World) -> Vec<Case> {
             ),
         ),
         case(
+            "place a group of orders",
+            orders::PLACE_AUTO_KEY_MANY,
+            "uuid[], uuid[], uuid[], int4[], uuid[]",
+            format!(
+                "{}, {}, {}, '{{1,2}}', '{{NULL,NULL}}'",
+                uuids(&[Uuid::now_v7(), Uuid::now_v7()]),
+                uuids(&[w.buyer, w.buyer]),
+                uuids(&[w.offer, w.offer])
+            ),
+        ),
+        case(
             "idempotency lookup",
             idempotency::FIND,
             "text, text",
@@ -446,6 +457,16 @@ fn cases(w: &World) -> Vec<Case> {
             orders::LOCK_VISIBLE,
             "uuid, uuid, uuid",
             format!("{}, {}, NULL", uuid(w.pending), uuid(w.buyer)),
+        ),
+        case(
+            "lock a group's visible orders",
+            orders::LOCK_VISIBLE_MANY,
+            "uuid[], uuid[], uuid[]",
+            format!(
+                "{}, {}, '{{NULL,NULL}}'",
+                uuids(&[w.pending, w.fresh]),
+                uuids(&[w.buyer, w.buyer])
+            ),
         ),
         case(
             "pay",

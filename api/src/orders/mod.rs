@@ -3,6 +3,7 @@
 //! `transitions`); handlers own the transactions.
 
 pub mod idempotency;
+pub mod intake;
 pub mod view;
 
 use autokey_shared::{store::orders::ShownKey, vault::Vault};

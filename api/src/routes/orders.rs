@@ -6,7 +6,7 @@ use autokey_shared::{
     model::{DeliveryType, OfferStatus, OrderStatus},
     store::{
         self,
-        orders::{NewOrder, OrderRow},
+        orders::{NewOrder, OrderRequest, OrderRow},
     },
     transitions,
 };
@@ -94,9 +94,24 @@ async fn create_order(
     // Without an Idempotency-Key there is one write: no transaction (an AUTO_KEY offer's
     // stock check is advisory either way, a paid order beyond stock waits as a backorder;
     // a MANUAL offer's check takes its own transaction in `place`).
+    //
+    // Concurrent AUTO_KEY orders are checked and inserted together, one statement for
+    // many requests (`orders::intake`). An order that statement does not place (a MANUAL
+    // offer, or one it refuses) takes the one-request path, which says why.
     let Some(key) = key else {
-        let mut conn = state.pool.acquire().await?;
-        let order = place(&mut conn, side, buyer_id, body.offer_id, quantity).await?;
+        let request = OrderRequest {
+            buyer_id,
+            storefront_id: side.storefront(),
+            offer_id: body.offer_id,
+            quantity,
+        };
+        let order = match state.intake.place_order(request).await? {
+            Some(order) => order,
+            None => {
+                let mut conn = state.pool.acquire().await?;
+                place(&mut conn, side, buyer_id, body.offer_id, quantity).await?
+            }
+        };
         autokey_shared::metrics::orders_created(1);
         return Ok((StatusCode::CREATED, Json(Order::from_row(order, None))));
     };

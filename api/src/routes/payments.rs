@@ -18,7 +18,7 @@ use crate::{
     auth::Auth,
     error::{ApiError, ApiResult, ErrorBody},
     extract::{Json, Path, RawBody, int},
-    orders::view::Order,
+    orders::{intake::Pay, view::Order},
     state::AppState,
 };
 
@@ -48,35 +48,17 @@ async fn pay_order(
             "simulated payments are turned off".into(),
         ));
     }
-    let viewer = auth.buyer_side()?.viewer();
-    let mut tx = state.pool.begin().await?;
-    let mut order = store::orders::lock_visible(&mut tx, id, viewer)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("order not found".into()))?;
-    let paying = order.status == OrderStatus::Pending;
-    match order.status {
-        OrderStatus::Canceled => return Err(ApiError::Conflict("the order is canceled".into())),
-        OrderStatus::Pending => {
-            // Locked above, so PENDING until this commits.
-            let paid_at = transitions::pay(&mut tx, id, None, Announce::AfterCommit)
-                .await?
-                .ok_or_else(|| ApiError::Internal("a locked PENDING order did not move".into()))?;
-            store::audit::append(
-                &mut tx,
-                &auth.actor(),
-                "order.paid_simulated",
-                Some(id),
-                serde_json::json!({}),
-            )
-            .await?;
-            order.status = OrderStatus::Paid;
-            order.paid_at = Some(paid_at);
-        }
-        OrderStatus::Paid | OrderStatus::Fulfilled => {}
-    }
-    tx.commit().await?;
-    if paying {
-        state.lane.fulfillments([id]);
+    // Joins the concurrent pays in one transaction (`orders::intake`).
+    let (order, paid_now) = state
+        .intake
+        .pay(Pay {
+            order_id: id,
+            viewer: auth.buyer_side()?.viewer(),
+            actor: auth.actor(),
+            request_id: autokey_shared::telemetry::request_id(),
+        })
+        .await?;
+    if paid_now {
         autokey_shared::metrics::orders_paid(1);
         tracing::info!(order_id = %id, payment = "simulated", "order paid");
     }

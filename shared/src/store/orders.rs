@@ -128,6 +128,63 @@ pub async fn insert_many(
     Ok(rows)
 }
 
+/// An order as a request asks for it, before its offer is checked.
+#[derive(Debug, Clone, Copy)]
+pub struct OrderRequest {
+    pub buyer_id: Uuid,
+    pub storefront_id: Option<Uuid>,
+    pub offer_id: Uuid,
+    pub quantity: i32,
+}
+
+pub const PLACE_AUTO_KEY_MANY: &str = concat!(
+    "WITH r AS (
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int4[], $5::uuid[])
+             AS r (id, buyer_id, offer_id, quantity, storefront_id)),
+     -- Each request's offer by primary key (LIMIT 1 keeps the lookup per request: a
+     -- plain join could be planned as a scan of every offer).
+     c AS (
+         SELECT r.*, o.key_pool_id, o.price_cents, o.currency
+         FROM r CROSS JOIN LATERAL (
+             SELECT o.key_pool_id, o.price_cents, o.currency FROM offers o
+             WHERE o.id = r.offer_id AND o.status = 'active' AND o.delivery_type = 'AUTO_KEY'
+               AND o.price_cents <= 9223372036854775807 / nullif(r.quantity, 0)
+               AND r.quantity <= coalesce((SELECT ",
+    crate::sellable_of_pool_p!(),
+    " FROM key_pools p WHERE p.id = o.key_pool_id), 0)
+             LIMIT 1) o)
+     INSERT INTO orders (id, buyer_id, offer_id, pool_id, quantity, amount_cents, currency,
+                         storefront_id)
+     SELECT id, buyer_id, offer_id, key_pool_id, quantity, price_cents * quantity, currency,
+            storefront_id
+     FROM c
+     RETURNING ",
+    order_columns!()
+);
+
+/// Places several orders on AUTO_KEY offers in one statement, checking each offer as
+/// `offers::for_order` and the handler would (active, AUTO_KEY, enough sellable keys; the
+/// amount is the price times the quantity). Returns, per request in the order given, the
+/// PENDING order, or None when its offer refused it (the caller finds out why, or places
+/// a MANUAL order, on the one-request path).
+pub async fn place_auto_key_many(
+    conn: &mut PgConnection,
+    requests: &[OrderRequest],
+) -> Result<Vec<Option<OrderRow>>, sqlx::Error> {
+    let ids: Vec<Uuid> = requests.iter().map(|_| Uuid::now_v7()).collect();
+    let rows: Vec<OrderRow> = sqlx::query_as(PLACE_AUTO_KEY_MANY)
+        .bind(&ids)
+        .bind(requests.iter().map(|r| r.buyer_id).collect::<Vec<_>>())
+        .bind(requests.iter().map(|r| r.offer_id).collect::<Vec<_>>())
+        .bind(requests.iter().map(|r| r.quantity).collect::<Vec<_>>())
+        .bind(requests.iter().map(|r| r.storefront_id).collect::<Vec<_>>())
+        .fetch_all(conn)
+        .await?;
+    let mut placed: std::collections::HashMap<Uuid, OrderRow> =
+        rows.into_iter().map(|r| (r.id, r)).collect();
+    Ok(ids.iter().map(|id| placed.remove(id)).collect())
+}
+
 pub async fn insert(conn: &mut PgConnection, new: &NewOrder) -> Result<OrderRow, sqlx::Error> {
     insert_many(conn, std::slice::from_ref(new))
         .await?
@@ -182,6 +239,32 @@ pub async fn lock_visible(
         .bind(viewer.buyer())
         .bind(viewer.storefront())
         .fetch_optional(conn)
+        .await
+}
+
+pub const LOCK_VISIBLE_MANY: &str = concat!(
+    "SELECT ",
+    order_columns!(),
+    " FROM orders o WHERE o.id = ANY($1)
+        AND EXISTS (SELECT 1 FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS v(id, b, s)
+                    WHERE v.id = o.id
+                      AND ((o.buyer_id = v.b AND o.storefront_id IS NULL) OR o.storefront_id = v.s))
+     ORDER BY o.id FOR UPDATE"
+);
+
+/// Several orders row-locked at once for a group of state changes, each named with the
+/// viewer asking for it: an order is returned (and locked) only when a viewer naming it
+/// may see it, so nothing else is ever locked. Locks are taken in id order: concurrent
+/// groups cannot deadlock. With two viewers naming one order, check `may_see` per viewer.
+pub async fn lock_visible_many(
+    conn: &mut PgConnection,
+    wanted: &[(Uuid, Viewer)],
+) -> Result<Vec<OrderRow>, sqlx::Error> {
+    sqlx::query_as(LOCK_VISIBLE_MANY)
+        .bind(wanted.iter().map(|w| w.0).collect::<Vec<_>>())
+        .bind(wanted.iter().map(|w| w.1.buyer()).collect::<Vec<_>>())
+        .bind(wanted.iter().map(|w| w.1.storefront()).collect::<Vec<_>>())
+        .fetch_all(conn)
         .await
 }
 

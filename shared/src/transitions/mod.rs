@@ -101,6 +101,17 @@ pub async fn pay_many(
     payments: &[(Uuid, Option<&str>)],
     announce: Announce,
 ) -> Result<Vec<(Uuid, DateTime<Utc>)>, CoreError> {
+    pay_many_with(conn, payments, announce, FulfillOrder::new).await
+}
+
+/// [`pay_many`], each job made by `job_for` (a group of pays from several HTTP requests
+/// gives each job its own request's id).
+pub async fn pay_many_with(
+    conn: &mut PgConnection,
+    payments: &[(Uuid, Option<&str>)],
+    announce: Announce,
+    job_for: impl Fn(Uuid) -> FulfillOrder,
+) -> Result<Vec<(Uuid, DateTime<Utc>)>, CoreError> {
     let ids: Vec<Uuid> = payments.iter().map(|p| p.0).collect();
     let payment_ids: Vec<Option<&str>> = payments.iter().map(|p| p.1).collect();
     let paid: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(PAY)
@@ -110,7 +121,7 @@ pub async fn pay_many(
         .await?;
     let jobs: Vec<FulfillOrder> = paid
         .iter()
-        .map(|&(order_id, _)| FulfillOrder::new(order_id))
+        .map(|&(order_id, _)| job_for(order_id))
         .collect();
     queue::enqueue_many_with(conn, &jobs, announce).await?;
     Ok(paid)
