@@ -10,7 +10,7 @@ use crate::{
     auth::cache::TokenCache,
     fulfillment_wait::FulfillmentWaiter,
     limits::{rate::RateLimits, uploads::UploadSlots},
-    orders::intake::Intake,
+    orders::{intake::Intake, lookup::OrderLookups},
     routes::metrics::GaugeCache,
     settings::Limits,
 };
@@ -25,6 +25,8 @@ pub struct AppState {
     pub lane: LaneAnnouncer,
     /// Order inserts and simulated pays, written in groups under load.
     pub intake: Intake,
+    /// Order lookups of concurrent reads, one statement per group.
+    pub lookups: OrderLookups,
     pub tokens: TokenCache,
     pub rate_limits: Arc<RateLimits>,
     pub uploads: Arc<UploadSlots>,
@@ -41,6 +43,7 @@ impl AppState {
         Self {
             waiter: FulfillmentWaiter::start(pool.clone()),
             intake: Intake::start(pool.clone(), lane.clone()),
+            lookups: OrderLookups::start(pool.clone()),
             lane,
             tokens: TokenCache::start(pool.clone()),
             rate_limits: RateLimits::new(limits),

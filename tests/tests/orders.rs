@@ -590,6 +590,27 @@ async fn concurrent_orders_and_pays_share_commits_but_never_each_others_failures
     assert_eq!(orders, 40, "only the good orders were written");
     assert!(commits < 40, "40 concurrent orders took {commits} commits");
 
+    // Read at once, each order by its storefront and some by a stranger: grouped
+    // lookups still answer each reader for itself.
+    let reads = futures::future::join_all(placed.iter().enumerate().flat_map(|(i, id)| {
+        let app = &app;
+        let mut readers = vec![(storefront.as_str(), StatusCode::OK)];
+        if i % 4 == 0 {
+            readers.push((stranger.as_str(), StatusCode::NOT_FOUND));
+        }
+        readers.into_iter().map(move |(token, expect)| async move {
+            (*id, expect, app.get(&format!("/orders/{id}"), token).await)
+        })
+    }))
+    .await;
+    assert_eq!(reads.len(), 50);
+    for (id, expect, r) in reads {
+        assert_eq!(r.status, expect, "read of {id}: {:?}", r.body);
+        if expect == StatusCode::OK {
+            assert_eq!(r.body["id"], id.to_string());
+        }
+    }
+
     // One order is canceled first; then every order is paid at once, the first one
     // three times, and a stranger tries to pay one it cannot see.
     let canceled = placed[1];

@@ -453,6 +453,12 @@ fn cases(w: &World) -> Vec<Case> {
             "'buyer:x', 'cart-1'".into(),
         ),
         case(
+            "look a group of orders up",
+            orders::FIND_MANY,
+            "uuid[]",
+            uuids(&[w.pending, w.fresh]),
+        ),
+        case(
             "lock a visible order",
             orders::LOCK_VISIBLE,
             "uuid, uuid, uuid",
@@ -489,6 +495,18 @@ fn cases(w: &World) -> Vec<Case> {
             queue::CLAIM_PENDING,
             "text, text",
             format!("'{job}', 'autokey::fulfill_order'"),
+        ),
+        case(
+            "lane claims a group of jobs",
+            queue::CLAIM_PENDING_MANY,
+            "text[], text",
+            format!("'{{{job}}}', 'autokey::fulfill_order'"),
+        ),
+        case(
+            "lock a group's orders",
+            delivery::LOCK_MANY,
+            "uuid[]",
+            uuids(&[w.fresh, w.pending]),
         ),
         case(
             "lock the job's order",
@@ -540,8 +558,8 @@ fn cases(w: &World) -> Vec<Case> {
         case(
             "mark the fast lane's job done",
             queue::MARK_SERVED_BY_LANE,
-            "text",
-            format!("'{job}'"),
+            "text[]",
+            format!("'{{{job}}}'"),
         ),
         case(
             "lock backordered orders (replenish)",

@@ -430,7 +430,7 @@ async fn a_job_serves_waiting_orders_in_its_own_transaction() {
         autokey_worker::batch::fulfill_batch(&app.pool, ids[0], 200, Duration::from_secs(5), None)
             .await
             .unwrap();
-    assert_eq!(done.lead, fulfillment::Outcome::Fulfilled { keys: 1 });
+    assert_eq!(done.lead(), fulfillment::Outcome::Fulfilled { keys: 1 });
     // Orders of the same pool only: 99 others, less the busy one and the fetched one.
     assert_eq!(done.also_fulfilled, 97, "{done:?}");
     let batched: i64 = sqlx::query_scalar(
@@ -506,7 +506,7 @@ async fn a_batch_that_runs_short_serves_the_oldest_and_backorders_the_rest_in_pa
             .await
             .unwrap();
     assert_eq!(
-        done.lead,
+        done.lead(),
         fulfillment::Outcome::Backordered {
             reserved: 0,
             quantity: 1
@@ -736,4 +736,89 @@ async fn the_worker_announces_fulfilled_orders_after_commit() {
             heard.insert(id);
         }
     }
+}
+
+/// Jobs announced while the fast lane's slots are busy are claimed together and served in
+/// one transaction (here with no extra waiting orders per batch, so only grouping can put
+/// two orders in one commit). A job whose order does not exist, announced in the same
+/// breath, does not hold the others back: it dies on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_fast_lane_serves_jobs_announced_together_in_one_transaction() {
+    let app = spawn_app().await;
+    let shop = fixtures::shop(&app, 30).await;
+    keep_replenishment_out(&app).await;
+    let (buyer, _) = app.buyer().await;
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        let r = app
+            .post("/orders", &buyer, json!({ "offerId": shop.offer_id }))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        ids.push(r.body["id"].as_str().unwrap().parse::<Uuid>().unwrap());
+    }
+    let worker = app.start_worker_with(autokey_worker::WorkerConfig {
+        batch_extra_orders: 0,
+        ..test_worker_config()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // All paid in one transaction, the ghost's job with them; then one announcement.
+    let ghost = Uuid::now_v7();
+    let mut tx = app.pool.begin().await.unwrap();
+    let payments: Vec<(Uuid, Option<&str>)> = ids.iter().map(|id| (*id, None)).collect();
+    autokey_shared::transitions::pay_many(
+        &mut tx,
+        &payments,
+        autokey_shared::announce::Announce::AfterCommit,
+    )
+    .await
+    .unwrap();
+    jobs::queue::enqueue_many_with(
+        &mut tx,
+        &[FulfillOrder::new(ghost)],
+        autokey_shared::announce::Announce::AfterCommit,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let announcer = jobs::lane::LaneAnnouncer::start(app.pool.clone());
+    announcer.fulfillments(ids.iter().copied().chain([ghost]));
+
+    for id in &ids {
+        app.wait_for_status(*id, "FULFILLED", Duration::from_secs(10))
+            .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while scalar(
+        &app,
+        "SELECT count(*) FROM apalis.jobs WHERE status = 'Killed' AND idempotency_key = $1::text",
+        ghost,
+    )
+    .await
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the ghost's job never died");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.stop().await.unwrap();
+    for id in &ids {
+        let (status, attempts, result) = job_row(&app, *id).await;
+        assert_eq!(
+            (status.as_str(), attempts, result.as_deref()),
+            ("Done", 1, Some("served by the fast lane")),
+            "order {id}"
+        );
+    }
+    let commits: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT xmin::text) FROM orders WHERE id = ANY($1) AND status = 'FULFILLED'",
+    )
+    .bind(&ids)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        commits < 30,
+        "30 orders announced together took {commits} commits"
+    );
+    assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (0, 0, 30));
 }

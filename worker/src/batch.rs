@@ -1,7 +1,8 @@
 //! Several orders per transaction. A FulfillOrder job fulfills its own order and, in the
 //! same transaction, up to `extra` other orders of the same pool whose own jobs no one is
 //! running, marking those jobs done in that same commit. The fast lane's unit of work is
-//! the same, with the job's own claim in the transaction too.
+//! the same, with the job's own claim in the transaction too; under load the lane claims
+//! every job announced meanwhile at once and serves all their orders in one batch.
 
 use std::time::Duration;
 
@@ -14,10 +15,10 @@ use autokey_shared::{
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchOutcome {
-    /// The outcome for the job's own order.
-    pub lead: Outcome,
+    /// The outcome for each job's own order (one job, or a fast lane group), in id order.
+    pub leads: Vec<(Uuid, Outcome)>,
     /// Other orders served in the same transaction (their jobs are now done).
     pub also_fulfilled: usize,
     pub also_backordered: usize,
@@ -25,9 +26,21 @@ pub struct BatchOutcome {
     pub fulfilled: Vec<Uuid>,
     /// When each order this batch fulfilled was paid (for the pay -> FULFILLED latency).
     pub fulfilled_paid_at: Vec<chrono::DateTime<chrono::Utc>>,
+    /// Leads of a group whose order does not exist (their jobs are left Pending).
+    pub missing: Vec<Uuid>,
 }
 
 impl BatchOutcome {
+    /// The outcome for the (first) job's own order.
+    pub fn lead(&self) -> Outcome {
+        self.leads.first().map_or(Outcome::NothingToDo, |l| l.1)
+    }
+
+    /// The outcome for the order `id` if it led the batch.
+    pub fn lead_of(&self, id: Uuid) -> Option<Outcome> {
+        self.leads.iter().find(|l| l.0 == id).map(|l| l.1)
+    }
+
     /// What follows the batch's commit: its metrics, and the announcement of its fulfilled
     /// orders to `fulfill?wait` waiters (`announcer`; None: the transaction announced them).
     pub fn committed(&self, announcer: Option<&Announcer>) {
@@ -35,8 +48,12 @@ impl BatchOutcome {
             announcer.announce(self.fulfilled.iter().map(Uuid::to_string));
         }
         autokey_shared::metrics::orders_fulfilled(&self.fulfilled_paid_at);
-        let backordered =
-            self.also_backordered + usize::from(matches!(self.lead, Outcome::Backordered { .. }));
+        let led_backordered = self
+            .leads
+            .iter()
+            .filter(|l| matches!(l.1, Outcome::Backordered { .. }))
+            .count();
+        let backordered = self.also_backordered + led_backordered;
         autokey_shared::metrics::orders_backordered(backordered as u64);
     }
 }
@@ -60,7 +77,7 @@ pub async fn fulfill_batch(
     announcer: Option<&Announcer>,
 ) -> Result<BatchOutcome, JobError> {
     let mut tx = db::begin_with_lock_timeout(pool, lock_timeout).await?;
-    let out = fulfill_batch_in(&mut tx, lead, extra, announce_by(announcer)).await?;
+    let out = fulfill_batch_in(&mut tx, &[lead], extra, announce_by(announcer)).await?;
     tx.commit().await?;
     out.committed(announcer);
     Ok(out)
@@ -89,34 +106,100 @@ pub async fn fulfill_job(
         span.record("request_id", request_id.as_str());
     }
     autokey_shared::metrics::job_attempt(FulfillOrder::QUEUE);
-    let out = fulfill_batch_in(&mut tx, job.order_id, extra, announce_by(announcer)).await?;
-    queue::mark_served_by_lane(&mut tx, job_id).await?;
+    let out = fulfill_batch_in(&mut tx, &[job.order_id], extra, announce_by(announcer)).await?;
+    queue::mark_served_by_lane(&mut tx, &[job_id.to_owned()]).await?;
     tx.commit().await?;
     out.committed(announcer);
     Ok(Some((job.order_id, out)))
 }
 
-/// The batch on the caller's transaction; the other orders' jobs are Done in it.
+/// A fast lane group: of `job_ids` (announced at once), claims every job still Pending
+/// and free, serves all their orders in one batch (with up to `extra` waiting orders of
+/// the first one's pool) and marks the claimed jobs Done, in one transaction. Returns the
+/// jobs it served and the outcome; jobs not claimed are someone else's, or done. A job
+/// whose order does not exist is left Pending and returned apart, for a run of its own
+/// (which records its failure). On error nothing is kept (the lane then runs each job on
+/// its own).
+pub async fn fulfill_jobs(
+    pool: &PgPool,
+    job_ids: &[String],
+    extra: i64,
+    lock_timeout: Duration,
+    announcer: Option<&Announcer>,
+) -> Result<Group, JobError> {
+    let mut tx = db::begin_with_lock_timeout(pool, lock_timeout).await?;
+    let claimed = queue::claim_pending_many::<FulfillOrder>(&mut tx, job_ids).await?;
+    if claimed.is_empty() {
+        return Ok(Group::default());
+    }
+    let leads: Vec<Uuid> = claimed.iter().map(|(_, job)| job.order_id).collect();
+    let out = fulfill_batch_in(&mut tx, &leads, extra, announce_by(announcer)).await?;
+    let (served, left): (Vec<_>, Vec<_>) = claimed
+        .into_iter()
+        .partition(|(_, job)| !out.missing.contains(&job.order_id));
+    let ids: Vec<String> = served.iter().map(|(id, _)| id.clone()).collect();
+    queue::mark_served_by_lane(&mut tx, &ids).await?;
+    tx.commit().await?;
+    for _ in &served {
+        autokey_shared::metrics::job_attempt(FulfillOrder::QUEUE);
+    }
+    out.committed(announcer);
+    Ok(Group {
+        served,
+        left: left.into_iter().map(|(id, _)| id).collect(),
+        outcome: out,
+    })
+}
+
+/// What a fast lane group did.
+#[derive(Debug, Default)]
+pub struct Group {
+    /// The jobs it served (Done), with their payloads.
+    pub served: Vec<(String, FulfillOrder)>,
+    /// Jobs it claimed but left Pending: their orders do not exist.
+    pub left: Vec<String>,
+    pub outcome: BatchOutcome,
+}
+
+/// The batch on the caller's transaction, led by the jobs' own orders; the other orders'
+/// jobs are Done in it.
 async fn fulfill_batch_in(
     tx: &mut PgConnection,
-    lead: Uuid,
+    leads: &[Uuid],
     extra: i64,
     announce: Announce,
 ) -> Result<BatchOutcome, JobError> {
-    // The job's own order first, waiting for its lock.
-    let mut orders = delivery::lock(tx, Take::One(lead)).await?;
-    let Some(own) = orders.first().cloned() else {
-        return Err(JobError::fatal(format!("order {lead} does not exist")));
+    // The jobs' own orders first, waiting for their locks.
+    let mut orders = match leads {
+        [one] => delivery::lock(tx, Take::One(*one)).await?,
+        many => delivery::lock_many(tx, many).await?,
     };
-    if let (Some(pool_id), true) = (own.pool_id, extra > 0)
-        && own.status == autokey_shared::model::OrderStatus::Paid
-    {
+    let missing: Vec<Uuid> = leads
+        .iter()
+        .copied()
+        .filter(|id| !orders.iter().any(|o| o.id == *id))
+        .collect();
+    if let ([lead], [_]) = (leads, missing.as_slice()) {
+        return Err(JobError::fatal(format!("order {lead} does not exist")));
+    }
+    let first_paid = leads.iter().find_map(|id| {
+        orders
+            .iter()
+            .find(|o| o.id == *id && o.status == autokey_shared::model::OrderStatus::Paid)
+            .and_then(|o| Some((o.id, o.pool_id?)))
+    });
+    if let (Some((own, pool_id)), true) = (first_paid, extra > 0) {
         let take = Take::Fresh {
             pool_id,
-            except: lead,
+            except: own,
             limit: extra,
         };
-        let others = delivery::lock(tx, take).await?;
+        // This transaction's own locks are not skipped: leave out the group's orders.
+        let others: Vec<_> = delivery::lock(tx, take)
+            .await?
+            .into_iter()
+            .filter(|o| !leads.contains(&o.id))
+            .collect();
         let ids: Vec<Uuid> = others.iter().map(|o| o.id).collect();
         // Only orders whose own job this batch takes: one whose job a queue worker has
         // already fetched is that worker's (it is waiting for this order's lock), so
@@ -126,11 +209,8 @@ async fn fulfill_batch_in(
     }
     let outcomes = delivery::deliver_with(tx, &orders, announce).await?;
     let mut out = BatchOutcome {
-        lead: Outcome::NothingToDo,
-        also_fulfilled: 0,
-        also_backordered: 0,
-        fulfilled: Vec::new(),
-        fulfilled_paid_at: Vec::new(),
+        missing,
+        ..BatchOutcome::default()
     };
     for (id, outcome) in outcomes {
         if matches!(outcome, Outcome::Fulfilled { .. }) {
@@ -140,7 +220,7 @@ async fn fulfill_batch_in(
             }
         }
         match outcome {
-            _ if id == lead => out.lead = outcome,
+            _ if leads.contains(&id) => out.leads.push((id, outcome)),
             Outcome::Fulfilled { .. } => out.also_fulfilled += 1,
             Outcome::Backordered { .. } => out.also_backordered += 1,
             Outcome::NothingToDo => {}

@@ -30,6 +30,10 @@ use crate::{batch, runner::WorkerConfig};
 /// Announced jobs waiting for a free slot; beyond this the queue's workers take them.
 const BACKLOG: usize = 4096;
 
+/// Jobs one lane run claims at most: every job announced while the slots were busy is
+/// served in one transaction (one lock statement, one delivery, one commit for all).
+const GROUP: usize = 64;
+
 /// Runs the lane until `stop` resolves, then lets running jobs finish.
 /// `fulfilled` announces the orders each run fulfilled, after its commit.
 pub async fn run(
@@ -59,10 +63,21 @@ pub async fn run(
                     _ = &mut stop => break,
                     slot = slots.clone().acquire_owned() => slot.expect("the lane's semaphore is never closed"),
                 };
+                // Waiting for a slot is what lets a group form.
+                let mut group = vec![job_id];
+                while group.len() < GROUP {
+                    match rx.try_recv() {
+                        Ok(next) => group.push(next),
+                        Err(_) => break,
+                    }
+                }
                 let (pool, config, fulfilled) = (pool.clone(), config.clone(), fulfilled.clone());
                 running.spawn(async move {
                     let _slot = slot;
-                    run_one(&pool, &config, &fulfilled, &job_id).await;
+                    match group.as_slice() {
+                        [one] => run_one(&pool, &config, &fulfilled, one).await,
+                        _ => run_group(&pool, &config, &fulfilled, &group).await,
+                    }
                 });
             }
         }
@@ -92,6 +107,52 @@ async fn forward(mut listener: PgListener, tx: mpsc::Sender<String>) {
                 // queue's workers.
                 tracing::warn!(error = %e, "fast lane listener error");
                 tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Several announced jobs in one transaction (`batch::fulfill_jobs`). If the group fails,
+/// each job runs on its own, so one bad job (its order missing, say) never holds back the
+/// others and its failure is recorded against it alone.
+async fn run_group(
+    pool: &PgPool,
+    config: &WorkerConfig,
+    fulfilled: &Announcer,
+    job_ids: &[String],
+) {
+    let work = batch::fulfill_jobs(
+        pool,
+        job_ids,
+        config.batch_extra_orders,
+        config.lock_timeout,
+        Some(fulfilled),
+    );
+    match crate::runner::guarded(work).await {
+        Ok(batch::Group {
+            served,
+            left,
+            outcome: done,
+        }) => {
+            for (job_id, job) in &served {
+                let span = tracing::info_span!(
+                    "job",
+                    queue = FulfillOrder::QUEUE,
+                    task_id = job_id.as_str(),
+                    order_id = %job.order_id,
+                    request_id = job.request_id.as_deref().unwrap_or("-")
+                );
+                span.in_scope(|| crate::runner::log_lead(job.order_id, &done));
+            }
+            crate::runner::log_others(&done);
+            for job_id in &left {
+                run_one(pool, config, fulfilled, job_id).await;
+            }
+        }
+        Err(e) => {
+            tracing::debug!(jobs = job_ids.len(), error = %e, "a fast lane group failed; its jobs run one by one");
+            for job_id in job_ids {
+                run_one(pool, config, fulfilled, job_id).await;
             }
         }
     }

@@ -163,13 +163,23 @@ pub(crate) async fn guarded<T>(
 /// One readable line per fulfillment outcome (inside the job's span, which names the
 /// order and the request that paid it).
 pub(crate) fn log_outcome(order_id: uuid::Uuid, done: &batch::BatchOutcome) {
-    match done.lead {
+    log_lead(order_id, done);
+    log_others(done);
+}
+
+/// The line for a job's own order.
+pub(crate) fn log_lead(order_id: uuid::Uuid, done: &batch::BatchOutcome) {
+    match done.lead_of(order_id).unwrap_or(Outcome::NothingToDo) {
         Outcome::Fulfilled { keys } => tracing::info!(%order_id, keys, "order fulfilled"),
         Outcome::Backordered { reserved, quantity } => {
             tracing::info!(%order_id, reserved, quantity, "order backordered; waiting for keys")
         }
         Outcome::NothingToDo => tracing::debug!(%order_id, "order not PAID; nothing to do"),
     }
+}
+
+/// The line for the other waiting orders a batch served, if any.
+pub(crate) fn log_others(done: &batch::BatchOutcome) {
     if done.also_fulfilled + done.also_backordered > 0 {
         tracing::info!(
             also_fulfilled = done.also_fulfilled,

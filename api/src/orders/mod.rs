@@ -4,6 +4,7 @@
 
 pub mod idempotency;
 pub mod intake;
+pub mod lookup;
 pub mod view;
 
 use autokey_shared::{store::orders::ShownKey, vault::Vault};

@@ -212,10 +212,22 @@ fn order_not_found() -> ApiError {
 /// recorded in the audit log by the same statement. 404 when the caller may not see it.
 pub async fn read(state: &AppState, auth: &Auth, id: Uuid, route: &str) -> ApiResult<Order> {
     let viewer = auth.buyer_side()?.viewer();
-    let mut conn = state.pool.acquire().await?;
-    let (order, sealed) = store::orders::read(&mut conn, id, viewer, &auth.actor(), route)
+    // Looked up with the concurrent reads (`orders::lookup`); an order not yet FULFILLED
+    // is all there is to show.
+    let order = state
+        .lookups
+        .find(id)
         .await?
+        .filter(|o| viewer.may_see(o))
         .ok_or_else(order_not_found)?;
+    if order.status != OrderStatus::Fulfilled {
+        return Ok(Order::from_row(order, None));
+    }
+    let mut conn = state.pool.acquire().await?;
+    let (order, sealed) =
+        store::orders::read_fulfilled(&mut conn, id, viewer, &auth.actor(), route)
+            .await?
+            .ok_or_else(order_not_found)?;
     let keys = if order.status == OrderStatus::Fulfilled {
         Some(open_keys(&state.vault, sealed)?)
     } else {

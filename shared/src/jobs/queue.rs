@@ -103,6 +103,28 @@ pub async fn claim_pending<J: Job>(
     Ok(payload.and_then(|p| serde_json::from_slice(&p).ok()))
 }
 
+pub const CLAIM_PENDING_MANY: &str = "SELECT id, job FROM apalis.jobs
+     WHERE id = ANY($1) AND job_type IS NOT DISTINCT FROM $2
+       AND status IS NOT DISTINCT FROM 'Pending'
+     ORDER BY id FOR UPDATE SKIP LOCKED";
+
+/// [`claim_pending`] for several jobs at once (a fast lane group): the ones still Pending
+/// and free, with their payloads, in id order.
+pub async fn claim_pending_many<J: Job>(
+    conn: &mut PgConnection,
+    job_ids: &[String],
+) -> Result<Vec<(String, J)>, sqlx::Error> {
+    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(CLAIM_PENDING_MANY)
+        .bind(job_ids)
+        .bind(J::QUEUE)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, p)| Some((id, serde_json::from_slice(&p).ok()?)))
+        .collect())
+}
+
 pub const TAKE_PENDING_FULFILLMENTS: &str =
     "UPDATE apalis.jobs SET status = 'Done', done_at = now(), attempts = attempts + 1,
             last_result = jsonb_build_object('Ok', 'served in a batch')
@@ -149,13 +171,16 @@ pub async fn take_pending_fulfillments(
 pub const MARK_SERVED_BY_LANE: &str =
     "UPDATE apalis.jobs SET status = 'Done', done_at = now(), attempts = attempts + 1,
             last_result = jsonb_build_object('Ok', 'served by the fast lane')
-     WHERE id = $1";
+     WHERE id = ANY($1)";
 
-/// Marks the fast lane's own job (claimed by [`claim_pending`]) Done, on the transaction
-/// that did its work.
-pub async fn mark_served_by_lane(conn: &mut PgConnection, job_id: &str) -> Result<(), sqlx::Error> {
+/// Marks the fast lane's own jobs (claimed by [`claim_pending`] or
+/// [`claim_pending_many`]) Done, on the transaction that did their work.
+pub async fn mark_served_by_lane(
+    conn: &mut PgConnection,
+    job_ids: &[String],
+) -> Result<(), sqlx::Error> {
     sqlx::query(MARK_SERVED_BY_LANE)
-        .bind(job_id)
+        .bind(job_ids)
         .execute(conn)
         .await?;
     Ok(())

@@ -91,6 +91,25 @@ pub async fn read(
     actor: &Actor,
     route: &str,
 ) -> Result<Option<(OrderRow, Vec<ShownKey>)>, CoreError> {
+    // An order not yet FULFILLED (what a buyer polling for its keys reads, again and
+    // again) is one plain lookup: the statement below costs PostgreSQL ~0.2 ms of CPU to
+    // start even when it has no keys to show (measured, `autokey-bench http`).
+    match super::orders::find_visible(&mut *conn, id, viewer).await? {
+        None => Ok(None),
+        Some(order) if order.status != OrderStatus::Fulfilled => Ok(Some((order, Vec::new()))),
+        Some(_) => read_fulfilled(conn, id, viewer, actor, route).await,
+    }
+}
+
+/// [`read`] of an order found FULFILLED: its keys, their first reveals and the read's
+/// audit row, in one statement. None when `viewer` may not see it.
+pub async fn read_fulfilled(
+    conn: &mut PgConnection,
+    id: Uuid,
+    viewer: Viewer,
+    actor: &Actor,
+    route: &str,
+) -> Result<Option<(OrderRow, Vec<ShownKey>)>, CoreError> {
     #[derive(FromRow)]
     struct Row {
         #[sqlx(flatten)]
@@ -103,16 +122,6 @@ pub async fn read(
         revealed: Option<Vec<DateTime<Utc>>>,
         replaces: Option<Vec<Option<Uuid>>>,
         replaced_by: Option<Vec<Option<Uuid>>>,
-    }
-    // An order not yet FULFILLED (what a buyer polling for its keys reads, again and
-    // again) is one plain lookup: the statement below costs PostgreSQL ~0.2 ms of CPU to
-    // start even when it has no keys to show (measured, `autokey-bench http`).
-    match super::orders::find_visible(&mut *conn, id, viewer).await? {
-        None => return Ok(None),
-        Some(order) if order.status != OrderStatus::Fulfilled => {
-            return Ok(Some((order, Vec::new())));
-        }
-        Some(_) => {}
     }
     let row: Option<Row> = sqlx::query_as(READ)
         .bind(id)

@@ -198,6 +198,21 @@ pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>,
     sqlx::query_as(FIND).bind(id).fetch_optional(conn).await
 }
 
+pub const FIND_MANY: &str = concat!(
+    "SELECT ",
+    order_columns!(),
+    " FROM orders WHERE id = ANY($1)"
+);
+
+/// Several orders by id at once (a group of concurrent reads); the caller checks who may
+/// see each (`Viewer::may_see`).
+pub async fn find_many(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<OrderRow>, sqlx::Error> {
+    sqlx::query_as(FIND_MANY).bind(ids).fetch_all(conn).await
+}
+
 pub const FIND_VISIBLE: &str = concat!(
     "SELECT ",
     order_columns!(),
@@ -280,7 +295,7 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>,
     sqlx::query_as(LOCK).bind(id).fetch_optional(conn).await
 }
 
-pub use super::order_keys::{READ, ShownKey, read};
+pub use super::order_keys::{READ, ShownKey, read, read_fulfilled};
 
 pub const PAGE_FOR_BUYER: &str = concat!(
     "SELECT ",

@@ -73,6 +73,15 @@ pub const LOCK_WAITING: &str = "SELECT id, pool_id, quantity, status, paid_at FR
      WHERE pool_id = $1 AND status = 'PAID' AND backordered_at IS NOT NULL
      ORDER BY paid_at, id LIMIT $2 FOR UPDATE";
 
+pub const LOCK_MANY: &str = "SELECT id, pool_id, quantity, status, paid_at FROM orders
+     WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+
+/// Several jobs' own orders at once (a fast lane group), each waiting for its lock,
+/// whatever its status. Locked in id order, so two groups cannot deadlock on them.
+pub async fn lock_many(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<Locked>, sqlx::Error> {
+    sqlx::query_as(LOCK_MANY).bind(ids).fetch_all(conn).await
+}
+
 /// The one order lock of deliveries.
 pub async fn lock(conn: &mut PgConnection, take: Take) -> Result<Vec<Locked>, sqlx::Error> {
     match take {
@@ -130,7 +139,9 @@ pub async fn deliver_with(
     announce: Announce,
 ) -> Result<Vec<(Uuid, Outcome)>, CoreError> {
     let channel = (announce == Announce::InTransaction).then_some(ORDER_FULFILLED_CHANNEL);
-    let mut by_pool: HashMap<Uuid, Vec<Member>> = HashMap::new();
+    // Pools in id order: two batches spanning the same pools (fast lane groups) take
+    // their pools' locks in the same order and cannot deadlock.
+    let mut by_pool: std::collections::BTreeMap<Uuid, Vec<Member>> = Default::default();
     for o in orders {
         if let (OrderStatus::Paid, Some(pool_id), Some(paid_at)) = (o.status, o.pool_id, o.paid_at)
         {
