@@ -90,6 +90,7 @@ async fn dispatch<I, O, W, F>(
         }
         let (items, replies): (Vec<I>, Vec<oneshot::Sender<O>>) = batch.into_iter().unzip();
         let size = items.len();
+        autokey_shared::metrics::group_size(name, size);
         let written = write(items);
         tokio::spawn(async move {
             let outputs = written.await;

@@ -37,11 +37,14 @@ pub const WEBHOOK_DELIVERIES: &str = "autokey_webhook_deliveries_total";
 pub const WEBHOOK_ENDPOINTS_DISABLED: &str = "autokey_webhook_endpoints_disabled_total";
 pub const LANE_ANNOUNCEMENTS_DROPPED: &str = "autokey_lane_announcements_dropped_total";
 pub const FULFILLED_ANNOUNCEMENTS_DROPPED: &str = "autokey_fulfilled_announcements_dropped_total";
+pub const GROUP_SIZE: &str = "autokey_group_size";
 
 /// Latency buckets (seconds): 1 ms to 1 min.
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+/// Group sizes (requests or jobs per grouped statement): 1 is a request written alone.
+const GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 /// Pay -> FULFILLED buckets (seconds): 5 ms to an hour (backorders wait for uploads).
 const FULFILLMENT_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
@@ -61,6 +64,7 @@ pub fn handle() -> &'static PrometheusHandle {
                     FULFILLMENT_BUCKETS,
                 )
             })
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(GROUP_SIZE.into()), GROUP_BUCKETS))
             .expect("bucket lists are not empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -133,6 +137,10 @@ fn describe() {
         LANE_ANNOUNCEMENTS_DROPPED,
         "Paid orders' jobs not announced to the fast lane (backlog full); the queue runs them after its grace."
     );
+    describe_histogram!(
+        GROUP_SIZE,
+        "Requests or jobs written by one grouped statement (group commit), by group."
+    );
     describe_counter!(
         FULFILLED_ANNOUNCEMENTS_DROPPED,
         "Fulfilled orders not announced to fulfill?wait waiters (backlog full); they see it at their next 1-s check."
@@ -145,6 +153,11 @@ pub fn http_request(method: &str, route: &str, status: u16, elapsed: Duration) {
     counter!(HTTP_REQUESTS, "method" => method.clone(), "route" => route.clone(), "status" => status.to_string())
         .increment(1);
     histogram!(HTTP_DURATION, "method" => method, "route" => route).record(elapsed.as_secs_f64());
+}
+
+/// One grouped write or read of `size` requests (or fast lane jobs).
+pub fn group_size(group: &'static str, size: usize) {
+    histogram!(GROUP_SIZE, "group" => group).record(size as f64);
 }
 
 pub fn orders_created(n: u64) {

@@ -192,6 +192,21 @@ async fn every_series_moves() {
         &[],
         2.0,
     );
+    // The orders and pays went through their groups (each request counted once).
+    grew(
+        &api_before,
+        &api_after,
+        "autokey_group_size_sum",
+        &[("group", "orders")],
+        4.0,
+    );
+    grew(
+        &api_before,
+        &api_after,
+        "autokey_group_size_sum",
+        &[("group", "pays")],
+        2.0,
+    );
     grew(
         &api_before,
         &api_after,

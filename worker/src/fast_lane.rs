@@ -71,6 +71,7 @@ pub async fn run(
                         Err(_) => break,
                     }
                 }
+                autokey_shared::metrics::group_size("fast lane", group.len());
                 let (pool, config, fulfilled) = (pool.clone(), config.clone(), fulfilled.clone());
                 running.spawn(async move {
                     let _slot = slot;
