@@ -18,6 +18,8 @@ use std::{future::Future, sync::Arc};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::error::{ApiError, ApiResult};
+
 /// Requests queued beyond this wait for room (backpressure, bounded memory).
 const QUEUE: usize = 4096;
 
@@ -54,12 +56,16 @@ impl<I: Send + 'static, O: Send + 'static> GroupCommit<I, O> {
         Self { queue }
     }
 
-    /// Queues `item` and waits for its own result; None if its batch's writer failed
-    /// without answering (a panic).
-    pub async fn submit(&self, item: I) -> Option<O> {
+    /// Queues `item` and waits for its own result; an internal error if its batch's
+    /// writer failed without answering (a panic).
+    pub async fn submit(&self, item: I) -> ApiResult<O> {
         let (reply, answer) = oneshot::channel();
-        self.queue.send((item, reply)).await.ok()?;
-        answer.await.ok()
+        let unanswered = || ApiError::Internal("a grouped request ended without an answer".into());
+        self.queue
+            .send((item, reply))
+            .await
+            .map_err(|_| unanswered())?;
+        answer.await.map_err(|_| unanswered())
     }
 }
 
@@ -136,7 +142,7 @@ mod tests {
         let mut waiting = tokio::task::JoinSet::new();
         for i in 0..64u32 {
             let d = doubler.clone();
-            waiting.spawn(async move { (i, d.submit(i).await) });
+            waiting.spawn(async move { (i, d.submit(i).await.ok()) });
         }
         while let Some(done) = waiting.join_next().await {
             let (i, out) = done.unwrap();
@@ -159,7 +165,7 @@ mod tests {
             assert!(items[0] != 13, "unlucky");
             items
         });
-        assert_eq!(writer.submit(13).await, None);
-        assert_eq!(writer.submit(14).await, Some(14));
+        assert_eq!(writer.submit(13).await.ok(), None);
+        assert_eq!(writer.submit(14).await.ok(), Some(14));
     }
 }

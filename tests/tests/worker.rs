@@ -36,6 +36,25 @@ async fn scalar(app: &TestApp, sql: &str, id: Uuid) -> i64 {
         .unwrap()
 }
 
+/// Waits (10 s at most) for the fulfillment job of `order_id` to die.
+async fn wait_until_dead(app: &TestApp, order_id: Uuid) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while scalar(
+        app,
+        "SELECT count(*) FROM apalis.jobs WHERE status = 'Killed' AND idempotency_key = $1::text",
+        order_id,
+    )
+    .await
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the job of {order_id} never died"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn deliveries(app: &TestApp, order_id: Uuid) -> i64 {
     scalar(
         app,
@@ -195,18 +214,7 @@ async fn a_permanently_failing_job_dies_visibly_and_an_operator_can_retry_it() {
         .await
         .unwrap();
     let worker = app.start_worker();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while scalar(
-        &app,
-        "SELECT count(*) FROM apalis.jobs WHERE status = 'Killed' AND idempotency_key = $1::text",
-        ghost,
-    )
-    .await
-        == 0
-    {
-        assert!(Instant::now() < deadline, "job never died");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_dead(&app, ghost).await;
     worker.stop().await.unwrap();
     assert_eq!(
         scalar(
@@ -788,18 +796,7 @@ async fn the_fast_lane_serves_jobs_announced_together_in_one_transaction() {
         app.wait_for_status(*id, "FULFILLED", Duration::from_secs(10))
             .await;
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while scalar(
-        &app,
-        "SELECT count(*) FROM apalis.jobs WHERE status = 'Killed' AND idempotency_key = $1::text",
-        ghost,
-    )
-    .await
-        == 0
-    {
-        assert!(Instant::now() < deadline, "the ghost's job never died");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_dead(&app, ghost).await;
     worker.stop().await.unwrap();
     for id in &ids {
         let (status, attempts, result) = job_row(&app, *id).await;

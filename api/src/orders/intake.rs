@@ -66,7 +66,7 @@ impl Intake {
     /// committed. None when it was not placed (a MANUAL offer, an inactive or unknown one,
     /// too little stock, or a failed write): the caller's one-request path finds out why.
     pub async fn place_order(&self, request: OrderRequest) -> ApiResult<Option<OrderRow>> {
-        self.orders.submit(request).await.ok_or_else(lost)?
+        self.orders.submit(request).await?
     }
 
     /// PENDING -> PAID (with its job and audit row) for an order `viewer` may see; the
@@ -74,12 +74,8 @@ impl Intake {
     /// order it may not see, Conflict for a CANCELED one; PAID or FULFILLED ones are
     /// returned unchanged.
     pub async fn pay(&self, pay: Pay) -> ApiResult<(OrderRow, bool)> {
-        self.pays.submit(pay).await.ok_or_else(lost)?
+        self.pays.submit(pay).await?
     }
-}
-
-fn lost() -> ApiError {
-    ApiError::Internal("a grouped write ended without an answer".into())
 }
 
 async fn place_orders(pool: &PgPool, batch: Vec<OrderRequest>) -> Vec<ApiResult<Option<OrderRow>>> {
@@ -135,7 +131,9 @@ async fn pay_orders(
             let mut out = Vec::with_capacity(batch.len());
             for pay in &batch {
                 out.push(match pay_together(pool, std::slice::from_ref(pay)).await {
-                    Ok(mut one) => one.pop().unwrap_or_else(|| Err(lost())),
+                    Ok(mut one) => one
+                        .pop()
+                        .unwrap_or_else(|| Err(ApiError::Internal("a pay went unanswered".into()))),
                     Err(e) => Err(e),
                 });
             }

@@ -37,10 +37,7 @@ impl OrderLookups {
 
     /// The order as committed now, whoever placed it (the caller checks the viewer).
     pub async fn find(&self, id: Uuid) -> ApiResult<Option<OrderRow>> {
-        self.0
-            .submit(id)
-            .await
-            .ok_or_else(|| ApiError::Internal("a grouped lookup ended without an answer".into()))?
+        self.0.submit(id).await?
     }
 }
 
