@@ -819,3 +819,99 @@ async fn the_fast_lane_serves_jobs_announced_together_in_one_transaction() {
     );
     assert_eq!(fixtures::pool_counts(&app, shop.pool_id).await, (0, 0, 30));
 }
+
+/// A delivery writes all the pools of its group in one statement, so one statement can
+/// change several pools' counters. Their rows are locked in id order: a statement that
+/// finds the first pool's row taken waits there without holding the second, so two such
+/// statements can never hold one pool each and wait for the other (a deadlock).
+#[tokio::test]
+async fn a_statement_changing_several_pools_locks_their_counter_rows_in_id_order() {
+    let app = spawn_app().await;
+    let a = fixtures::shop(&app, 2).await;
+    let b = fixtures::shop(&app, 2).await;
+    let (low, high) = if a.pool_id < b.pool_id {
+        (a.pool_id, b.pool_id)
+    } else {
+        (b.pool_id, a.pool_id)
+    };
+    let keys_of = |pool: Uuid| {
+        let db = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Uuid>("SELECT id FROM keys WHERE pool_id = $1 ORDER BY id")
+                .bind(pool)
+                .fetch_all(&db)
+                .await
+                .unwrap()
+        }
+    };
+    let (low_keys, high_keys) = (keys_of(low).await, keys_of(high).await);
+    // The lower pool's row moves after the higher one's in the table, so a join that
+    // simply scanned the table would take the higher pool's row first.
+    sqlx::query("UPDATE key_pools SET name = name || ' (moved)' WHERE id = $1")
+        .bind(low)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    // The lower pool's row is taken by a transaction that stays open.
+    let mut first = app.pool.begin().await.unwrap();
+    sqlx::query("UPDATE keys SET status = 'INVALID' WHERE id = $1")
+        .bind(low_keys[0])
+        .execute(&mut *first)
+        .await
+        .unwrap();
+    // One statement changing both pools (the high pool's key listed first) waits for it.
+    let db = app.pool.clone();
+    let both = vec![high_keys[0], low_keys[1]];
+    let second = tokio::spawn(async move {
+        sqlx::query("UPDATE keys SET status = 'INVALID' WHERE id = ANY($1)")
+            .bind(&both)
+            .execute(&db)
+            .await
+            .map(|r| r.rows_affected())
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'
+               AND query LIKE 'UPDATE keys SET status = ''INVALID'' WHERE id = ANY%'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if waiting == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the two-pool statement never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ... without holding the higher pool's row meanwhile.
+    let mut probe = app.pool.begin().await.unwrap();
+    let free = sqlx::query("SELECT 1 FROM key_pools WHERE id = $1 FOR NO KEY UPDATE NOWAIT")
+        .bind(high)
+        .execute(&mut *probe)
+        .await;
+    assert!(free.is_ok(), "the higher pool's row was held: {free:?}");
+    probe.rollback().await.unwrap();
+
+    first.commit().await.unwrap();
+    assert_eq!(second.await.unwrap().unwrap(), 2);
+    let invalid = |pool: Uuid| {
+        let db = app.pool.clone();
+        async move {
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT available_keys, invalid_keys FROM key_pools WHERE id = $1",
+            )
+            .bind(pool)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(invalid(low).await, (0, 2));
+    assert_eq!(invalid(high).await, (1, 1));
+}

@@ -77,7 +77,8 @@ pub async fn fulfill_batch(
     announcer: Option<&Announcer>,
 ) -> Result<BatchOutcome, JobError> {
     let mut tx = db::begin_with_lock_timeout(pool, lock_timeout).await?;
-    let out = fulfill_batch_in(&mut tx, &[lead], extra, announce_by(announcer)).await?;
+    let locked = lock_batch(&mut tx, &[lead], extra).await?;
+    let out = locked.deliver(&mut tx, announce_by(announcer)).await?;
     tx.commit().await?;
     out.committed(announcer);
     Ok(out)
@@ -106,8 +107,10 @@ pub async fn fulfill_job(
         span.record("request_id", request_id.as_str());
     }
     autokey_shared::metrics::job_attempt(FulfillOrder::QUEUE);
-    let out = fulfill_batch_in(&mut tx, &[job.order_id], extra, announce_by(announcer)).await?;
+    let locked = lock_batch(&mut tx, &[job.order_id], extra).await?;
+    // Done before the delivery's write: see `fulfill_jobs`.
     queue::mark_served_by_lane(&mut tx, &[job_id.to_owned()]).await?;
+    let out = locked.deliver(&mut tx, announce_by(announcer)).await?;
     tx.commit().await?;
     out.committed(announcer);
     Ok(Some((job.order_id, out)))
@@ -133,12 +136,17 @@ pub async fn fulfill_jobs(
         return Ok(Group::default());
     }
     let leads: Vec<Uuid> = claimed.iter().map(|(_, job)| job.order_id).collect();
-    let out = fulfill_batch_in(&mut tx, &leads, extra, announce_by(announcer)).await?;
+    let locked = lock_batch(&mut tx, &leads, extra).await?;
     let (served, left): (Vec<_>, Vec<_>) = claimed
         .into_iter()
-        .partition(|(_, job)| !out.missing.contains(&job.order_id));
+        .partition(|(_, job)| !locked.missing.contains(&job.order_id));
     let ids: Vec<String> = served.iter().map(|(id, _)| id.clone()).collect();
+    // The jobs are marked Done before the delivery is written, so that the delivery's
+    // write is the transaction's last statement: its triggers take the pools' counter
+    // rows and owed-units stripes, which every other delivery and pay of those pools
+    // waits for until this commit. (If the delivery fails, the whole transaction goes.)
     queue::mark_served_by_lane(&mut tx, &ids).await?;
+    let out = locked.deliver(&mut tx, announce_by(announcer)).await?;
     tx.commit().await?;
     for _ in &served {
         autokey_shared::metrics::job_attempt(FulfillOrder::QUEUE);
@@ -161,14 +169,22 @@ pub struct Group {
     pub outcome: BatchOutcome,
 }
 
-/// The batch on the caller's transaction, led by the jobs' own orders; the other orders'
-/// jobs are Done in it.
-async fn fulfill_batch_in(
+/// A batch's orders, locked on the caller's transaction, before anything is delivered.
+struct LockedBatch {
+    leads: Vec<Uuid>,
+    orders: Vec<delivery::Locked>,
+    /// Leads whose order does not exist.
+    missing: Vec<Uuid>,
+}
+
+/// Locks the batch led by the jobs' own orders (`leads`) on the caller's transaction,
+/// with up to `extra` other orders of the first paid lead's pool, whose jobs are Done in
+/// it.
+async fn lock_batch(
     tx: &mut PgConnection,
     leads: &[Uuid],
     extra: i64,
-    announce: Announce,
-) -> Result<BatchOutcome, JobError> {
+) -> Result<LockedBatch, JobError> {
     // The jobs' own orders first, waiting for their locks.
     let mut orders = match leads {
         [one] => delivery::lock(tx, Take::One(*one)).await?,
@@ -207,24 +223,44 @@ async fn fulfill_batch_in(
         let taken = queue::take_pending_fulfillments(tx, &ids).await?;
         orders.extend(others.into_iter().filter(|o| taken.contains(&o.id)));
     }
-    let outcomes = delivery::deliver_with(tx, &orders, announce).await?;
-    let mut out = BatchOutcome {
+    Ok(LockedBatch {
+        leads: leads.to_vec(),
+        orders,
         missing,
-        ..BatchOutcome::default()
-    };
-    for (id, outcome) in outcomes {
-        if matches!(outcome, Outcome::Fulfilled { .. }) {
-            out.fulfilled.push(id);
-            if let Some(paid_at) = orders.iter().find(|o| o.id == id).and_then(|o| o.paid_at) {
-                out.fulfilled_paid_at.push(paid_at);
+    })
+}
+
+impl LockedBatch {
+    /// Delivers to the batch's orders; the delivery's write is its last statement.
+    async fn deliver(
+        self,
+        tx: &mut PgConnection,
+        announce: Announce,
+    ) -> Result<BatchOutcome, JobError> {
+        let LockedBatch {
+            leads,
+            orders,
+            missing,
+        } = self;
+        let outcomes = delivery::deliver_with(tx, &orders, announce).await?;
+        let mut out = BatchOutcome {
+            missing,
+            ..BatchOutcome::default()
+        };
+        for (id, outcome) in outcomes {
+            if matches!(outcome, Outcome::Fulfilled { .. }) {
+                out.fulfilled.push(id);
+                if let Some(paid_at) = orders.iter().find(|o| o.id == id).and_then(|o| o.paid_at) {
+                    out.fulfilled_paid_at.push(paid_at);
+                }
+            }
+            match outcome {
+                _ if leads.contains(&id) => out.leads.push((id, outcome)),
+                Outcome::Fulfilled { .. } => out.also_fulfilled += 1,
+                Outcome::Backordered { .. } => out.also_backordered += 1,
+                Outcome::NothingToDo => {}
             }
         }
-        match outcome {
-            _ if leads.contains(&id) => out.leads.push((id, outcome)),
-            Outcome::Fulfilled { .. } => out.also_fulfilled += 1,
-            Outcome::Backordered { .. } => out.also_backordered += 1,
-            Outcome::NothingToDo => {}
-        }
+        Ok(out)
     }
-    Ok(out)
 }

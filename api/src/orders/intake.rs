@@ -193,18 +193,7 @@ async fn pay_together(pool: &PgPool, batch: &[Pay]) -> ApiResult<Vec<ApiResult<(
             order_id,
             request_id: request_ids.get(&order_id).map(|r| (*r).to_owned()),
         };
-        let paid =
-            transitions::pay_many_with(&mut tx, &ids, Announce::AfterCommit, job_for).await?;
-        if paid.len() != ids.len() {
-            return Err(ApiError::Internal(
-                "a locked PENDING order did not move".into(),
-            ));
-        }
-        for (id, paid_at) in paid {
-            if let Some(order) = orders.get_mut(&id) {
-                order.paid_at = Some(paid_at);
-            }
-        }
+        // The audit rows and jobs first, the pay last: see `pay_locked_pending_with`.
         let audit: Vec<(Actor, Option<Uuid>, serde_json::Value)> = paying
             .iter()
             .map(|&i| {
@@ -216,6 +205,14 @@ async fn pay_together(pool: &PgPool, batch: &[Pay]) -> ApiResult<Vec<ApiResult<(
             })
             .collect();
         store::audit::append_many(&mut tx, "order.paid_simulated", &audit).await?;
+        let paid =
+            transitions::pay_locked_pending_with(&mut tx, &ids, Announce::AfterCommit, job_for)
+                .await?;
+        for (id, paid_at) in paid {
+            if let Some(order) = orders.get_mut(&id) {
+                order.paid_at = Some(paid_at);
+            }
+        }
     }
     tx.commit().await?;
     Ok(decided

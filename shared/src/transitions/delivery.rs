@@ -152,11 +152,20 @@ pub async fn deliver_with(
             });
         }
     }
+    // Every pool is planned (reads and key locks only) before anything is written, and
+    // the plans are written by one statement: the pools' counter rows and owed-units
+    // stripes, which the write's triggers update and hold to the commit, are then held
+    // only from the end of the write to the commit, not across the other pools' reads.
+    // Every delivery of a pool queues on its counter row, so that hold is the pool's
+    // pace (measured: a fast lane group of 10 pools held the first pool's row across
+    // ~30 round trips).
     let mut outcomes: HashMap<Uuid, Outcome> = HashMap::new();
+    let mut plan = Plan::default();
     for (pool_id, mut members) in by_pool {
         members.sort_by_key(|m| (m.paid_at, m.id));
-        outcomes.extend(deliver_in_pool(conn, pool_id, &members, channel).await?);
+        outcomes.extend(plan_pool(conn, pool_id, &members, &mut plan).await?);
     }
+    plan.write(conn, channel).await?;
     Ok(orders
         .iter()
         .map(|o| {
@@ -181,12 +190,13 @@ pub const FIRST_WAITING: &str = "SELECT paid_at, id FROM orders
 pub const CLAIM_KEYS: &str = "SELECT id FROM keys WHERE pool_id = $1 AND status = 'AVAILABLE'
      ORDER BY created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED";
 
-/// `members`: PAID orders of one pool, locked, oldest paid first.
-async fn deliver_in_pool(
+/// Plans the delivery to `members` (PAID orders of one pool, locked, oldest paid first)
+/// into `plan`: reads, and locks the keys it claims; writes nothing.
+async fn plan_pool(
     conn: &mut PgConnection,
     pool_id: Uuid,
     members: &[Member],
-    channel: Option<&str>,
+    plan: &mut Plan,
 ) -> Result<Vec<(Uuid, Outcome)>, CoreError> {
     let ids: Vec<Uuid> = members.iter().map(|m| m.id).collect();
     // Keys already held for these orders (a backorder's partial reservation).
@@ -223,7 +233,6 @@ async fn deliver_in_pool(
         Vec::new()
     };
 
-    let mut plan = Plan::default();
     let mut outcomes = Vec::with_capacity(members.len());
     let mut next = 0;
     let mut short = false;
@@ -264,11 +273,10 @@ async fn deliver_in_pool(
             },
         ));
     }
-    plan.write(conn, channel).await?;
     Ok(outcomes)
 }
 
-/// The writes of one delivery, applied by one statement.
+/// The writes of one delivery, applied by one statement, whatever the number of pools.
 #[derive(Debug, Default)]
 struct Plan {
     /// (key, order): keys delivered.

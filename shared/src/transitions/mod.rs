@@ -127,6 +127,36 @@ pub async fn pay_many_with(
     Ok(paid)
 }
 
+/// [`pay_many_with`] for orders the caller has locked and found PENDING (a group of
+/// pays): their jobs are inserted first and the pay is the last statement, so the
+/// owed-units stripes its trigger takes (which the pools' deliveries and other pays wait
+/// for) are held only until the commit that follows. An order that did not move is an
+/// error, and the caller's transaction must then be rolled back.
+pub async fn pay_locked_pending_with(
+    conn: &mut PgConnection,
+    payments: &[(Uuid, Option<&str>)],
+    announce: Announce,
+    job_for: impl Fn(Uuid) -> FulfillOrder,
+) -> Result<Vec<(Uuid, DateTime<Utc>)>, CoreError> {
+    let jobs: Vec<FulfillOrder> = payments.iter().map(|p| job_for(p.0)).collect();
+    queue::enqueue_many_with(conn, &jobs, announce).await?;
+    let ids: Vec<Uuid> = payments.iter().map(|p| p.0).collect();
+    let payment_ids: Vec<Option<&str>> = payments.iter().map(|p| p.1).collect();
+    let paid: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(PAY)
+        .bind(&ids)
+        .bind(&payment_ids)
+        .fetch_all(&mut *conn)
+        .await?;
+    if paid.len() != ids.len() {
+        return Err(CoreError::invariant(format!(
+            "{} of {} locked PENDING orders moved to PAID",
+            paid.len(),
+            ids.len()
+        )));
+    }
+    Ok(paid)
+}
+
 /// PENDING -> PAID, and the order's fulfillment job, on the same transaction: a paid order
 /// always has a job (one per order, a database fact). Returns the new `paid_at`, or None
 /// (and changes nothing) when the order is not PENDING.
