@@ -915,3 +915,115 @@ async fn a_statement_changing_several_pools_locks_their_counter_rows_in_id_order
     assert_eq!(invalid(low).await, (0, 2));
     assert_eq!(invalid(high).await, (1, 1));
 }
+
+/// A fast lane group whose orders span several pools is served by one delivery: every
+/// pool is planned first and all are written by one statement. Each pool gets exactly its
+/// own keys and counts, and a pool running short backorders its youngest orders while the
+/// other pools of the same statement are served.
+#[tokio::test]
+async fn a_fast_lane_group_spanning_several_pools_serves_each_pool_exactly() {
+    let app = spawn_app().await;
+    let shops = [
+        fixtures::shop(&app, 8).await,
+        fixtures::shop(&app, 8).await,
+        fixtures::shop(&app, 3).await,
+    ];
+    keep_replenishment_out(&app).await;
+    let (buyer, _) = app.buyer().await;
+    // Interleaved, so that any few jobs in a row name several pools.
+    let mut ids: Vec<(usize, Uuid)> = Vec::new();
+    for round in 0..8 {
+        for (s, shop) in shops.iter().enumerate() {
+            if s == 2 && round >= 5 {
+                continue;
+            }
+            let r = app
+                .post("/orders", &buyer, json!({ "offerId": shop.offer_id }))
+                .await;
+            assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+            ids.push((s, r.body["id"].as_str().unwrap().parse().unwrap()));
+        }
+    }
+    let worker = app.start_worker_with(autokey_worker::WorkerConfig {
+        batch_extra_orders: 0,
+        ..test_worker_config()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut tx = app.pool.begin().await.unwrap();
+    let payments: Vec<(Uuid, Option<&str>)> = ids.iter().map(|(_, id)| (*id, None)).collect();
+    autokey_shared::transitions::pay_many(
+        &mut tx,
+        &payments,
+        autokey_shared::announce::Announce::AfterCommit,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let announcer = jobs::lane::LaneAnnouncer::start(app.pool.clone());
+    announcer.fulfillments(ids.iter().map(|(_, id)| *id));
+    for (_, id) in &ids {
+        app.wait_for_job(*id, "Done", Duration::from_secs(10)).await;
+    }
+    worker.stop().await.unwrap();
+
+    let status_of = |id: Uuid| {
+        let db = app.pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, String)>(
+                "SELECT status, xmin::text FROM orders WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    };
+    let mut fulfilled = [0usize; 3];
+    let mut waiting = [0usize; 3];
+    let mut pools_per_commit: std::collections::HashMap<String, std::collections::HashSet<usize>> =
+        Default::default();
+    for (s, id) in &ids {
+        match status_of(*id).await {
+            (status, xmin) if status == "FULFILLED" => {
+                fulfilled[*s] += 1;
+                pools_per_commit.entry(xmin).or_default().insert(*s);
+            }
+            (status, _) if status == "PAID" => waiting[*s] += 1,
+            other => panic!("order {id} of pool {s}: {other:?}"),
+        }
+    }
+    assert_eq!((fulfilled, waiting), ([8, 8, 3], [0, 0, 2]));
+    assert!(
+        pools_per_commit.values().any(|pools| pools.len() >= 2),
+        "no commit fulfilled orders of two pools: {pools_per_commit:?}"
+    );
+    assert_eq!(
+        fixtures::pool_counts(&app, shops[0].pool_id).await,
+        (0, 0, 8)
+    );
+    assert_eq!(
+        fixtures::pool_counts(&app, shops[1].pool_id).await,
+        (0, 0, 8)
+    );
+    assert_eq!(
+        fixtures::pool_counts(&app, shops[2].pool_id).await,
+        (0, 0, 3)
+    );
+    // Units are still owed to the two waiting orders, to no one else.
+    let owed: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT pool_id, sum(units)::bigint FROM pool_owed GROUP BY pool_id HAVING sum(units) <> 0",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(owed, vec![(shops[2].pool_id, 2)]);
+    // Each delivered key went to one order of its own pool.
+    let strays: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM order_deliveries d JOIN keys k ON k.id = d.key_id
+         JOIN orders o ON o.id = d.order_id WHERE k.pool_id <> o.pool_id",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(strays, 0);
+}
