@@ -112,19 +112,27 @@ pub async fn pay_many_with(
     announce: Announce,
     job_for: impl Fn(Uuid) -> FulfillOrder,
 ) -> Result<Vec<(Uuid, DateTime<Utc>)>, CoreError> {
-    let ids: Vec<Uuid> = payments.iter().map(|p| p.0).collect();
-    let payment_ids: Vec<Option<&str>> = payments.iter().map(|p| p.1).collect();
-    let paid: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(PAY)
-        .bind(&ids)
-        .bind(&payment_ids)
-        .fetch_all(&mut *conn)
-        .await?;
+    let paid = run_pay(&mut *conn, payments).await?;
     let jobs: Vec<FulfillOrder> = paid
         .iter()
         .map(|&(order_id, _)| job_for(order_id))
         .collect();
     queue::enqueue_many_with(conn, &jobs, announce).await?;
     Ok(paid)
+}
+
+/// [`PAY`] on `payments` (order, payment id): the orders that moved, with their `paid_at`.
+async fn run_pay(
+    conn: &mut PgConnection,
+    payments: &[(Uuid, Option<&str>)],
+) -> Result<Vec<(Uuid, DateTime<Utc>)>, sqlx::Error> {
+    let ids: Vec<Uuid> = payments.iter().map(|p| p.0).collect();
+    let payment_ids: Vec<Option<&str>> = payments.iter().map(|p| p.1).collect();
+    sqlx::query_as(PAY)
+        .bind(&ids)
+        .bind(&payment_ids)
+        .fetch_all(conn)
+        .await
 }
 
 /// [`pay_many_with`] for orders the caller has locked and found PENDING (a group of
@@ -140,18 +148,12 @@ pub async fn pay_locked_pending_with(
 ) -> Result<Vec<(Uuid, DateTime<Utc>)>, CoreError> {
     let jobs: Vec<FulfillOrder> = payments.iter().map(|p| job_for(p.0)).collect();
     queue::enqueue_many_with(conn, &jobs, announce).await?;
-    let ids: Vec<Uuid> = payments.iter().map(|p| p.0).collect();
-    let payment_ids: Vec<Option<&str>> = payments.iter().map(|p| p.1).collect();
-    let paid: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(PAY)
-        .bind(&ids)
-        .bind(&payment_ids)
-        .fetch_all(&mut *conn)
-        .await?;
-    if paid.len() != ids.len() {
+    let paid = run_pay(&mut *conn, payments).await?;
+    if paid.len() != payments.len() {
         return Err(CoreError::invariant(format!(
             "{} of {} locked PENDING orders moved to PAID",
             paid.len(),
-            ids.len()
+            payments.len()
         )));
     }
     Ok(paid)
