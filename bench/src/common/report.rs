@@ -94,6 +94,16 @@ fn git_head(root: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// How the run's processes reach PostgreSQL: a Unix socket or TCP (a local server
+/// answers a round trip over its socket for much less CPU than over loopback TCP, so rows
+/// of different transports are not comparable).
+fn transport(server_url: &str) -> &'static str {
+    let socket = std::str::FromStr::from_str(server_url)
+        .map(|o: sqlx::postgres::PgConnectOptions| o.get_socket().is_some())
+        .unwrap_or(false);
+    if socket { "unix socket" } else { "tcp" }
+}
+
 /// Appends one dated JSON line to bench-results/results.jsonl.
 pub async fn record(env: &Env, db: &PgPool, scenario: &str, results: serde_json::Value) -> Res<()> {
     let line = serde_json::json!({
@@ -101,6 +111,7 @@ pub async fn record(env: &Env, db: &PgPool, scenario: &str, results: serde_json:
         "scenario": scenario,
         "git": git_head(&env.root),
         "machine": machine(db).await,
+        "database_transport": transport(&env.server_url),
         "database_settings": env.db_settings.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         "api_env": env.api_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         "results": results,
