@@ -562,6 +562,12 @@ fn cases(w: &World) -> Vec<Case> {
             format!("'{{{job}}}'"),
         ),
         case(
+            "prune finished jobs",
+            queue::PRUNE_DONE,
+            "float8, int8",
+            "3600, 5000".to_owned(),
+        ),
+        case(
             "lock backordered orders (replenish)",
             delivery::LOCK_WAITING,
             "uuid, int8",

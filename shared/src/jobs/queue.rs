@@ -384,16 +384,35 @@ pub async fn fulfillment_status(
     .await
 }
 
-/// Deletes Done jobs finished longer than `retention` ago (apalis never does).
+/// Finished jobs deleted per statement: one pass after an outage (an hour of jobs due at
+/// once) is many short statements, not one that holds a million row locks.
+const PRUNE_BATCH: i64 = 5_000;
+
+/// `autokey::%`: this service's queues (`OURS`). `= ANY(ARRAY(..))` rather than `IN (..)`:
+/// the ids are found first, then deleted by primary key, with no join for the planner to
+/// turn into a scan of the table.
+pub const PRUNE_DONE: &str = "DELETE FROM apalis.jobs WHERE id = ANY(ARRAY(
+         SELECT id FROM apalis.jobs
+         WHERE status = 'Done' AND done_at < now() - $1 * interval '1 second'
+           AND job_type LIKE 'autokey::%'
+         ORDER BY done_at LIMIT $2))";
+
+/// Deletes Done jobs finished longer than `retention` ago (apalis never does), oldest
+/// first, through `autokey_jobs_done_idx`: a pass reads what it deletes, not the table.
 pub async fn prune_done(conn: &mut PgConnection, retention: Duration) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DELETE FROM apalis.jobs WHERE job_type LIKE '{OURS}' AND status = 'Done'
-         AND done_at < now() - $1 * interval '1 second'"
-    )))
-    .bind(retention.as_secs_f64())
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected())
+    let mut pruned = 0;
+    loop {
+        let done = sqlx::query(PRUNE_DONE)
+            .bind(retention.as_secs_f64())
+            .bind(PRUNE_BATCH)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        pruned += done;
+        if done < PRUNE_BATCH as u64 {
+            return Ok(pruned);
+        }
+    }
 }
 
 /// Deletes worker rows silent for longer than `gone` that hold no job. Worker names are
