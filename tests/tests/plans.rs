@@ -527,16 +527,10 @@ fn cases(w: &World) -> Vec<Case> {
             format!("'{{{job}}}'"),
         ),
         case(
-            "keys held for the batch",
-            delivery::HELD_KEYS,
-            "uuid[]",
-            uuids(&[w.fresh, w.backordered]),
-        ),
-        case(
-            "first waiting order",
-            delivery::FIRST_WAITING,
+            "keys held for the batch, first waiting order",
+            delivery::HELD_AND_FIRST_WAITING,
             "uuid, uuid[]",
-            format!("{pool}, {}", uuids(&[w.fresh])),
+            format!("{pool}, {}", uuids(&[w.fresh, w.backordered])),
         ),
         case(
             "claim keys",

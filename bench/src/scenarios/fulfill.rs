@@ -104,7 +104,7 @@ pub async fn one(
         env,
         db,
         &format!("fulfill-{pools}p-n{n}-first-waiting"),
-        delivery::FIRST_WAITING,
+        delivery::HELD_AND_FIRST_WAITING,
         shop.pools[0],
         Second::Except(Vec::new()),
     )

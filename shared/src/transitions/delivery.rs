@@ -182,11 +182,19 @@ struct Member {
     paid_at: DateTime<Utc>,
 }
 
-pub const HELD_KEYS: &str = "SELECT order_id, id FROM keys
-     WHERE order_id = ANY($1) AND status = 'RESERVED' ORDER BY created_at, id";
-pub const FIRST_WAITING: &str = "SELECT paid_at, id FROM orders
-     WHERE pool_id = $1 AND status = 'PAID' AND backordered_at IS NOT NULL AND id <> ALL($2)
-     ORDER BY paid_at, id LIMIT 1";
+/// In one round trip: the keys already held for the batch's orders `$2` (a backorder's
+/// partial reservation; `order_id` set, oldest first), then the first order of pool `$1`
+/// that waits outside the batch (`order_id` NULL, its own id and `paid_at`), if any. Each
+/// branch is an index path of its own (`keys_order_idx`, `orders_backordered_idx`).
+pub const HELD_AND_FIRST_WAITING: &str = "SELECT order_id, id, paid_at FROM (
+         SELECT order_id, id, NULL::timestamptz AS paid_at, created_at FROM keys
+         WHERE order_id = ANY($2) AND status = 'RESERVED'
+         UNION ALL
+         (SELECT NULL::uuid, id, paid_at, NULL::timestamptz FROM orders
+          WHERE pool_id = $1 AND status = 'PAID' AND backordered_at IS NOT NULL
+            AND id <> ALL($2)
+          ORDER BY paid_at, id LIMIT 1)) x
+     ORDER BY created_at, id";
 pub const CLAIM_KEYS: &str = "SELECT id FROM keys WHERE pool_id = $1 AND status = 'AVAILABLE'
      ORDER BY created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED";
 
@@ -199,22 +207,25 @@ async fn plan_pool(
     plan: &mut Plan,
 ) -> Result<Vec<(Uuid, Outcome)>, CoreError> {
     let ids: Vec<Uuid> = members.iter().map(|m| m.id).collect();
-    // Keys already held for these orders (a backorder's partial reservation).
-    let held_rows: Vec<(Uuid, Uuid)> = sqlx::query_as(HELD_KEYS)
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await?;
     let mut held: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
-    for (order_id, key_id) in held_rows {
-        held.entry(order_id).or_default().push(key_id);
+    // Members paid after an order that already waits outside the batch queue behind it.
+    let mut first_waiting: Option<(DateTime<Utc>, Uuid)> = None;
+    let rows: Vec<(Option<Uuid>, Uuid, Option<DateTime<Utc>>)> =
+        sqlx::query_as(HELD_AND_FIRST_WAITING)
+            .bind(pool_id)
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?;
+    for row in rows {
+        match row {
+            (Some(order_id), key_id, _) => held.entry(order_id).or_default().push(key_id),
+            (None, order_id, Some(paid_at)) => first_waiting = Some((paid_at, order_id)),
+            (None, _, None) => {
+                return Err(CoreError::invariant("a waiting order without paid_at"));
+            }
+        }
     }
     let held_of = |m: &Member| held.get(&m.id).map_or(&[][..], Vec::as_slice);
-    // Members paid after an order that already waits outside the batch queue behind it.
-    let first_waiting: Option<(DateTime<Utc>, Uuid)> = sqlx::query_as(FIRST_WAITING)
-        .bind(pool_id)
-        .bind(&ids)
-        .fetch_optional(&mut *conn)
-        .await?;
     let open = members
         .iter()
         .take_while(|m| first_waiting.is_none_or(|w| (m.paid_at, m.id) < w))
