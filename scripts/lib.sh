@@ -48,7 +48,7 @@ start_private_cluster() {
 # (Debian's default `peer` rule for local connections may not), else TCP without TLS.
 local_server_url() {
   local port="$1" tcp="postgres://postgres@127.0.0.1:$1/postgres?sslmode=disable" dir enc
-  dir=$(psql "$tcp" -qAtc "SELECT split_part(current_setting('unix_socket_directories'), ',', 1)" 2>/dev/null | tr -d ' ')
+  dir=$(psql "$tcp" -qAtc "SELECT split_part(current_setting('unix_socket_directories'), ',', 1)" 2>/dev/null | tr -d ' ') || dir=""
   if [ -n "$dir" ] && [ -S "$dir/.s.PGSQL.$port" ]; then
     enc=$(printf '%s' "$dir" | sed 's|%|%25|g; s|/|%2F|g; s| |%20|g')
     if psql "postgres://postgres@$enc:$port/postgres" -qAtc 'SELECT 1' >/dev/null 2>&1; then
