@@ -491,8 +491,8 @@ fn cases(w: &World) -> Vec<Case> {
             ),
         ),
         case(
-            "lane claims its job",
-            queue::CLAIM_PENDING,
+            "lane claims its job (marked Done)",
+            queue::CLAIM_AS_SERVED_BY_LANE,
             "text, text",
             format!("'{job}', 'autokey::fulfill_order'"),
         ),

@@ -1027,3 +1027,74 @@ async fn a_fast_lane_group_spanning_several_pools_serves_each_pool_exactly() {
     .unwrap();
     assert_eq!(strays, 0);
 }
+
+/// The lane claims its job and marks it Done in one statement, before the order's work:
+/// only the commit after that work may finish the job. A run that fails after the claim
+/// (here: the order's row lock is held elsewhere past the lock timeout) leaves the job
+/// Pending for a retry, and the next run serves it.
+#[tokio::test]
+async fn a_lane_run_failing_after_its_claim_leaves_the_job_pending() {
+    let app = spawn_app().await;
+    let shop = fixtures::shop(&app, 1).await;
+    let id = paid_order(&app, shop.offer_id, 1).await;
+    let job_id = FulfillOrder::job_id_of(id);
+    let job = |app: &TestApp| {
+        let pool = app.pool.clone();
+        let job_id = job_id.clone();
+        async move {
+            sqlx::query_as::<_, (String, bool)>(
+                "SELECT status, done_at IS NOT NULL FROM apalis.jobs WHERE id = $1",
+            )
+            .bind(job_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(job(&app).await, ("Pending".to_owned(), false));
+
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let lane = |app: &TestApp| {
+        let pool = app.pool.clone();
+        let job_id = job_id.clone();
+        async move {
+            autokey_worker::batch::fulfill_job(&pool, &job_id, 0, Duration::from_millis(200), None)
+                .await
+        }
+    };
+    let failed = lane(&app).await;
+    assert!(failed.is_err(), "the order's lock was held: {failed:?}");
+    assert_eq!(
+        job(&app).await,
+        ("Pending".to_owned(), false),
+        "a failed run must not finish its job"
+    );
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) FROM orders WHERE id = $1 AND status = 'PAID'",
+            id
+        )
+        .await,
+        1
+    );
+    holder.rollback().await.unwrap();
+
+    let served = lane(&app).await.unwrap();
+    assert_eq!(served.map(|(order, _)| order), Some(id));
+    assert_eq!(job(&app).await, ("Done".to_owned(), true));
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) FROM orders WHERE id = $1 AND status = 'FULFILLED'",
+            id
+        )
+        .await,
+        1
+    );
+}

@@ -85,10 +85,10 @@ pub async fn fulfill_batch(
 }
 
 /// The fast lane's unit of work: claims the FulfillOrder job `job_id` itself (if it is
-/// still Pending and no one holds it), runs its batch and marks it and the batch's jobs
-/// Done, all in one transaction. Returns the job's order and the outcome, or `None` when
-/// the job was not there to take. On error
-/// nothing is kept (the caller records the failed attempt).
+/// still Pending and no one holds it) marking it Done, and runs its batch (whose other
+/// jobs are marked Done too), all in one transaction. Returns the job's order and the
+/// outcome, or `None` when the job was not there to take. On error nothing is kept (the
+/// caller records the failed attempt).
 pub async fn fulfill_job(
     pool: &PgPool,
     job_id: &str,
@@ -97,7 +97,8 @@ pub async fn fulfill_job(
     announcer: Option<&Announcer>,
 ) -> Result<Option<(Uuid, BatchOutcome)>, JobError> {
     let mut tx = db::begin_with_lock_timeout(pool, lock_timeout).await?;
-    let Some(job) = queue::claim_pending::<FulfillOrder>(&mut tx, job_id).await? else {
+    // Claimed and marked Done at once: the commit below, after the delivery, finishes it.
+    let Some(job) = queue::claim_as_served_by_lane::<FulfillOrder>(&mut tx, job_id).await? else {
         return Ok(None);
     };
     // The lane's span learns whose job this is (and the request that paid the order).
@@ -108,8 +109,6 @@ pub async fn fulfill_job(
     }
     autokey_shared::metrics::job_attempt(FulfillOrder::QUEUE);
     let locked = lock_batch(&mut tx, &[job.order_id], extra).await?;
-    // Done before the delivery's write: see `fulfill_jobs`.
-    queue::mark_served_by_lane(&mut tx, &[job_id.to_owned()]).await?;
     let out = locked.deliver(&mut tx, announce_by(announcer)).await?;
     tx.commit().await?;
     out.committed(announcer);

@@ -82,20 +82,28 @@ pub async fn enqueue<J: Job>(conn: &mut PgConnection, job: &J) -> Result<bool, s
 
 /// `IS NOT DISTINCT FROM` (the same, for NOT NULL columns) leaves the job found by its
 /// primary key only: planned on an empty table, `=` made the planner walk every Pending
-/// job of the queue in `autokey_jobs_live_idx` (`tests/tests/plans.rs`).
-pub const CLAIM_PENDING: &str = "SELECT job FROM apalis.jobs
-     WHERE id = $1 AND job_type IS NOT DISTINCT FROM $2 AND status IS NOT DISTINCT FROM 'Pending'
-     FOR UPDATE SKIP LOCKED";
+/// job of the queue in `autokey_jobs_live_idx` (`tests/tests/plans.rs`). The lock is a
+/// sub-select (`SKIP LOCKED`), so there is no join the planner could turn around.
+pub const CLAIM_AS_SERVED_BY_LANE: &str =
+    "UPDATE apalis.jobs SET status = 'Done', done_at = now(), attempts = attempts + 1,
+            last_result = jsonb_build_object('Ok', 'served by the fast lane')
+     WHERE id = ANY(ARRAY(SELECT id FROM apalis.jobs
+                          WHERE id = $1 AND job_type IS NOT DISTINCT FROM $2
+                            AND status IS NOT DISTINCT FROM 'Pending'
+                          FOR UPDATE SKIP LOCKED))
+     RETURNING job";
 
-/// Claims job `job_id` of queue `J` for the fast lane: row-locks it if it is still
-/// Pending and nobody holds it, and returns its payload. None when it is not there to
-/// take (the queue's workers have it, or it is done). The claim lasts as long as the
-/// caller's transaction; [`mark_served_by_lane`] in that transaction completes it.
-pub async fn claim_pending<J: Job>(
+/// Claims job `job_id` of queue `J` for the fast lane, if it is still Pending and nobody
+/// holds it, and marks it Done on the caller's transaction, in one round trip: the
+/// transaction's commit, after its work, is what finishes the job, and a rollback (the
+/// work failed) leaves it Pending. Returns its payload; None when it is not there to take
+/// (the queue's workers have it, or it is done), or when its payload does not parse (the
+/// caller then commits nothing, so the queue's workers run it and record why it fails).
+pub async fn claim_as_served_by_lane<J: Job>(
     conn: &mut PgConnection,
     job_id: &str,
 ) -> Result<Option<J>, sqlx::Error> {
-    let payload: Option<Vec<u8>> = sqlx::query_scalar(CLAIM_PENDING)
+    let payload: Option<Vec<u8>> = sqlx::query_scalar(CLAIM_AS_SERVED_BY_LANE)
         .bind(job_id)
         .bind(J::QUEUE)
         .fetch_optional(conn)
@@ -108,8 +116,9 @@ pub const CLAIM_PENDING_MANY: &str = "SELECT id, job FROM apalis.jobs
        AND status IS NOT DISTINCT FROM 'Pending'
      ORDER BY id FOR UPDATE SKIP LOCKED";
 
-/// [`claim_pending`] for several jobs at once (a fast lane group): the ones still Pending
-/// and free, with their payloads, in id order.
+/// Claims several jobs at once (a fast lane group): the ones still Pending and free, with
+/// their payloads, in id order. Unlike [`claim_as_served_by_lane`] this only locks them:
+/// a group leaves the jobs whose orders are missing Pending, for runs of their own.
 pub async fn claim_pending_many<J: Job>(
     conn: &mut PgConnection,
     job_ids: &[String],
@@ -173,8 +182,8 @@ pub const MARK_SERVED_BY_LANE: &str =
             last_result = jsonb_build_object('Ok', 'served by the fast lane')
      WHERE id = ANY($1)";
 
-/// Marks the fast lane's own jobs (claimed by [`claim_pending`] or
-/// [`claim_pending_many`]) Done, on the transaction that did their work.
+/// Marks the fast lane's own jobs (claimed by [`claim_pending_many`]) Done, on the
+/// transaction that did their work.
 pub async fn mark_served_by_lane(
     conn: &mut PgConnection,
     job_ids: &[String],
