@@ -1038,7 +1038,7 @@ async fn a_lane_run_failing_after_its_claim_leaves_the_job_pending() {
     let shop = fixtures::shop(&app, 1).await;
     let id = paid_order(&app, shop.offer_id, 1).await;
     let job_id = FulfillOrder::job_id_of(id);
-    let job = |app: &TestApp| {
+    let job = || {
         let pool = app.pool.clone();
         let job_id = job_id.clone();
         async move {
@@ -1051,7 +1051,7 @@ async fn a_lane_run_failing_after_its_claim_leaves_the_job_pending() {
             .unwrap()
         }
     };
-    assert_eq!(job(&app).await, ("Pending".to_owned(), false));
+    assert_eq!(job().await, ("Pending".to_owned(), false));
 
     let mut holder = app.pool.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
@@ -1059,7 +1059,7 @@ async fn a_lane_run_failing_after_its_claim_leaves_the_job_pending() {
         .execute(&mut *holder)
         .await
         .unwrap();
-    let lane = |app: &TestApp| {
+    let lane = || {
         let pool = app.pool.clone();
         let job_id = job_id.clone();
         async move {
@@ -1067,10 +1067,10 @@ async fn a_lane_run_failing_after_its_claim_leaves_the_job_pending() {
                 .await
         }
     };
-    let failed = lane(&app).await;
+    let failed = lane().await;
     assert!(failed.is_err(), "the order's lock was held: {failed:?}");
     assert_eq!(
-        job(&app).await,
+        job().await,
         ("Pending".to_owned(), false),
         "a failed run must not finish its job"
     );
@@ -1085,9 +1085,9 @@ async fn a_lane_run_failing_after_its_claim_leaves_the_job_pending() {
     );
     holder.rollback().await.unwrap();
 
-    let served = lane(&app).await.unwrap();
+    let served = lane().await.unwrap();
     assert_eq!(served.map(|(order, _)| order), Some(id));
-    assert_eq!(job(&app).await, ("Done".to_owned(), true));
+    assert_eq!(job().await, ("Done".to_owned(), true));
     assert_eq!(
         scalar(
             &app,

@@ -80,18 +80,33 @@ pub async fn enqueue<J: Job>(conn: &mut PgConnection, job: &J) -> Result<bool, s
     Ok(enqueue_many(conn, std::slice::from_ref(job)).await? == 1)
 }
 
+/// `UPDATE apalis.jobs` finishing jobs as apalis records a success: Done, now, one more
+/// attempt, and `why` as the result. Every path that finishes jobs outside apalis's own
+/// workers writes these same columns.
+macro_rules! finish_jobs {
+    ($why:literal) => {
+        concat!(
+            "UPDATE apalis.jobs SET status = 'Done', done_at = now(), attempts = attempts + 1,
+            last_result = jsonb_build_object('Ok', '",
+            $why,
+            "')"
+        )
+    };
+}
+
 /// `IS NOT DISTINCT FROM` (the same, for NOT NULL columns) leaves the job found by its
 /// primary key only: planned on an empty table, `=` made the planner walk every Pending
 /// job of the queue in `autokey_jobs_live_idx` (`tests/tests/plans.rs`). The lock is a
 /// sub-select (`SKIP LOCKED`), so there is no join the planner could turn around.
-pub const CLAIM_AS_SERVED_BY_LANE: &str =
-    "UPDATE apalis.jobs SET status = 'Done', done_at = now(), attempts = attempts + 1,
-            last_result = jsonb_build_object('Ok', 'served by the fast lane')
+pub const CLAIM_AS_SERVED_BY_LANE: &str = concat!(
+    finish_jobs!("served by the fast lane"),
+    "
      WHERE id = ANY(ARRAY(SELECT id FROM apalis.jobs
                           WHERE id = $1 AND job_type IS NOT DISTINCT FROM $2
                             AND status IS NOT DISTINCT FROM 'Pending'
                           FOR UPDATE SKIP LOCKED))
-     RETURNING job";
+     RETURNING job"
+);
 
 /// Claims job `job_id` of queue `J` for the fast lane, if it is still Pending and nobody
 /// holds it, and marks it Done on the caller's transaction, in one round trip: the
@@ -134,16 +149,17 @@ pub async fn claim_pending_many<J: Job>(
         .collect())
 }
 
-pub const TAKE_PENDING_FULFILLMENTS: &str =
-    "UPDATE apalis.jobs SET status = 'Done', done_at = now(), attempts = attempts + 1,
-            last_result = jsonb_build_object('Ok', 'served in a batch')
+pub const TAKE_PENDING_FULFILLMENTS: &str = concat!(
+    finish_jobs!("served in a batch"),
+    "
      WHERE id = ANY(ARRAY(SELECT id FROM apalis.jobs
                           WHERE id = ANY($1)
                             AND (status IS NOT DISTINCT FROM 'Pending'
                                  OR status IS NOT DISTINCT FROM 'Failed'
                                  OR status IS NOT DISTINCT FROM 'Killed')
                           FOR UPDATE SKIP LOCKED))
-     RETURNING id";
+     RETURNING id"
+);
 
 /// Takes the fulfillment jobs of `order_ids` that no one is running for a batch of the
 /// caller's transaction: marks them Done, skipping any another transaction holds (a fast
@@ -177,10 +193,11 @@ pub async fn take_pending_fulfillments(
         .collect())
 }
 
-pub const MARK_SERVED_BY_LANE: &str =
-    "UPDATE apalis.jobs SET status = 'Done', done_at = now(), attempts = attempts + 1,
-            last_result = jsonb_build_object('Ok', 'served by the fast lane')
-     WHERE id = ANY($1)";
+pub const MARK_SERVED_BY_LANE: &str = concat!(
+    finish_jobs!("served by the fast lane"),
+    "
+     WHERE id = ANY($1)"
+);
 
 /// Marks the fast lane's own jobs (claimed by [`claim_pending_many`]) Done, on the
 /// transaction that did their work.
