@@ -668,16 +668,21 @@ async fn concurrent_orders_and_pays_share_commits_but_never_each_others_failures
     .await
     .unwrap();
     assert_eq!((jobs, distinct_jobs), (39, 39), "one job per paid order");
-    let (audited, with_token): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(actor_token_id) FROM audit_log
-         WHERE action = 'order.paid_simulated'",
+    // Each names its order's seller and the order among its objects, as audit_log_derive
+    // would (the group's statement gives them, and the trigger's fast path keeps them).
+    let (audited, with_token, derived): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(actor_token_id),
+                count(*) FILTER (WHERE object_ids = ARRAY[a.order_id]
+                    AND seller_id = (SELECT f.seller_id FROM orders o
+                                     JOIN offers f ON f.id = o.offer_id WHERE o.id = a.order_id))
+         FROM audit_log a WHERE action = 'order.paid_simulated'",
     )
     .fetch_one(&app.pool)
     .await
     .unwrap();
     assert_eq!(
-        (audited, with_token),
-        (39, 39),
-        "one audit row per pay that moved"
+        (audited, with_token, derived),
+        (39, 39, 39),
+        "one audit row per pay that moved, naming its seller and order"
     );
 }

@@ -481,6 +481,17 @@ fn cases(w: &World) -> Vec<Case> {
             format!("{}, '{{NULL}}'", uuids(&[w.pending])),
         ),
         case(
+            "pay a group (jobs, events, audit rows)",
+            transitions::PAY_SIMULATED,
+            "text[], text, bytea[], int4, text[], float8, uuid[], text[], uuid[], uuid[]",
+            format!(
+                "'{{{}}}', 'autokey::fulfill_order', '{{\"\\\\x7b7d\"}}', 12, '{{{}}}', 250, {}, '{{storefront}}', '{{NULL}}', '{{NULL}}'",
+                FulfillOrder::job_id_of(w.pending),
+                w.pending,
+                uuids(&[w.pending])
+            ),
+        ),
+        case(
             "enqueue",
             queue::ENQUEUE,
             "text[], text, bytea[], int4, text[], float8, text",

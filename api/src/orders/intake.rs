@@ -14,7 +14,7 @@ use autokey_shared::{
         audit::Actor,
         orders::{OrderRequest, OrderRow, Viewer},
     },
-    transitions::{self, Announce},
+    transitions,
 };
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -150,7 +150,7 @@ async fn pay_orders(
 }
 
 /// One transaction for the whole group: lock the orders each viewer may see, pay the
-/// PENDING ones with their jobs, one audit row per pay, commit. Per pay: the order after
+/// PENDING ones with their jobs and audit rows (one statement), commit. Per pay: the order after
 /// the commit and whether this pay moved it.
 async fn pay_together(pool: &PgPool, batch: &[Pay]) -> ApiResult<Vec<ApiResult<(OrderRow, bool)>>> {
     let mut tx = pool.begin().await?;
@@ -183,8 +183,10 @@ async fn pay_together(pool: &PgPool, batch: &[Pay]) -> ApiResult<Vec<ApiResult<(
         });
     }
     if !paying.is_empty() {
-        let ids: Vec<(Uuid, Option<&str>)> =
-            paying.iter().map(|&i| (batch[i].order_id, None)).collect();
+        let pays: Vec<(Uuid, Actor)> = paying
+            .iter()
+            .map(|&i| (batch[i].order_id, batch[i].actor))
+            .collect();
         let request_ids: HashMap<Uuid, &str> = paying
             .iter()
             .filter_map(|&i| Some((batch[i].order_id, batch[i].request_id.as_deref()?)))
@@ -193,21 +195,7 @@ async fn pay_together(pool: &PgPool, batch: &[Pay]) -> ApiResult<Vec<ApiResult<(
             order_id,
             request_id: request_ids.get(&order_id).map(|r| (*r).to_owned()),
         };
-        // The audit rows and jobs first, the pay last: see `pay_locked_pending_with`.
-        let audit: Vec<(Actor, Option<Uuid>, serde_json::Value)> = paying
-            .iter()
-            .map(|&i| {
-                (
-                    batch[i].actor,
-                    Some(batch[i].order_id),
-                    serde_json::json!({}),
-                )
-            })
-            .collect();
-        store::audit::append_many(&mut tx, "order.paid_simulated", &audit).await?;
-        let paid =
-            transitions::pay_locked_pending_with(&mut tx, &ids, Announce::AfterCommit, job_for)
-                .await?;
+        let paid = transitions::pay_simulated_locked(&mut tx, &pays, job_for).await?;
         for (id, paid_at) in paid {
             if let Some(order) = orders.get_mut(&id) {
                 order.paid_at = Some(paid_at);

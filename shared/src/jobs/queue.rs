@@ -16,16 +16,79 @@ const OURS: &str = "autokey::%";
 /// Jobs that will not run again by themselves: out of attempts, or aborted.
 const DEAD: &str = "(status = 'Killed' OR (status = 'Failed' AND attempts >= max_attempts))";
 
-pub const ENQUEUE: &str = "WITH ins AS (
-         INSERT INTO apalis.jobs
+/// `INSERT INTO apalis.jobs` of the rows [`EnqueueRows`] binds as `$1` to `$6`, returning
+/// the ids inserted (a job whose idempotency key or id exists is skipped). Shared by
+/// [`ENQUEUE`] and the statements that insert jobs beside their data in one round trip
+/// (`transitions::PAY_SIMULATED`).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! enqueue_rows {
+    () => {
+        "INSERT INTO apalis.jobs
              (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key)
          SELECT t.id, $2, t.job, 'Pending', 0, $4, now() + $6 * interval '1 millisecond', 0,
                 ''::hstore, t.idempotency_key
          FROM unnest($1::text[], $3::bytea[], $5::text[]) AS t(id, job, idempotency_key)
          ON CONFLICT DO NOTHING
-         RETURNING id)
+         RETURNING id"
+    };
+}
+
+pub const ENQUEUE: &str = concat!(
+    "WITH ins AS (",
+    enqueue_rows!(),
+    ")
      SELECT (SELECT count(*) FROM ins),
-            (SELECT count(*) FROM (SELECT pg_notify($7, id) FROM ins WHERE $7 IS NOT NULL) n)";
+            (SELECT count(*) FROM (SELECT pg_notify($7, id) FROM ins WHERE $7 IS NOT NULL) n)"
+);
+
+/// The arguments `$1` to `$6` of [`enqueue_rows!`] for some jobs of one queue.
+///
+/// The rows mirror apalis-postgres 1.0's `queries/task/sink.sql`; the test
+/// `jobs_enqueued_by_sql_run_on_apalis` pins that coupling against a real worker.
+pub struct EnqueueRows {
+    pub ids: Vec<String>,
+    pub queue: &'static str,
+    pub payloads: Vec<Vec<u8>>,
+    pub max_attempts: i32,
+    pub idempotency_keys: Vec<Option<String>>,
+    /// How long the queue's own workers leave the jobs alone (a fast lane's grace).
+    pub grace_ms: f64,
+}
+
+impl EnqueueRows {
+    pub fn of<J: Job>(jobs: &[J]) -> Self {
+        Self {
+            ids: jobs.iter().map(Job::job_id).collect(),
+            queue: J::QUEUE,
+            payloads: jobs
+                .iter()
+                .map(|j| serde_json::to_vec(j).expect("job payloads serialize"))
+                .collect(),
+            max_attempts: J::MAX_ATTEMPTS,
+            idempotency_keys: jobs.iter().map(Job::idempotency_key).collect(),
+            grace_ms: if J::FAST_LANE {
+                LANE_GRACE.as_millis() as f64
+            } else {
+                0.0
+            },
+        }
+    }
+
+    /// Binds `$1` to `$6` of a statement holding [`enqueue_rows!`].
+    pub fn bind<'q, O>(
+        self,
+        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.ids)
+            .bind(self.queue)
+            .bind(self.payloads)
+            .bind(self.max_attempts)
+            .bind(self.idempotency_keys)
+            .bind(self.grace_ms)
+    }
+}
 
 /// Who announces new fast-lane jobs: the enqueuing transaction, or its caller after the
 /// commit (`jobs::lane::LaneAnnouncer`, many per NOTIFY: the api's pays).
@@ -39,9 +102,6 @@ pub async fn enqueue_many<J: Job>(conn: &mut PgConnection, jobs: &[J]) -> Result
 }
 
 /// [`enqueue_many`], saying who announces fast-lane jobs.
-///
-/// The rows mirror apalis-postgres 1.0's `queries/task/sink.sql`; the test
-/// `jobs_enqueued_by_sql_run_on_apalis` pins that coupling against a real worker.
 pub async fn enqueue_many_with<J: Job>(
     conn: &mut PgConnection,
     jobs: &[J],
@@ -50,25 +110,9 @@ pub async fn enqueue_many_with<J: Job>(
     if jobs.is_empty() {
         return Ok(0);
     }
-    let grace_ms = if J::FAST_LANE {
-        LANE_GRACE.as_millis() as f64
-    } else {
-        0.0
-    };
     let lane = (J::FAST_LANE && announce == Announce::InTransaction).then_some(LANE_CHANNEL);
-    let ids: Vec<String> = jobs.iter().map(Job::job_id).collect();
-    let payloads: Vec<Vec<u8>> = jobs
-        .iter()
-        .map(|j| serde_json::to_vec(j).expect("job payloads serialize"))
-        .collect();
-    let keys: Vec<Option<String>> = jobs.iter().map(Job::idempotency_key).collect();
-    let (inserted, _announced): (i64, i64) = sqlx::query_as(ENQUEUE)
-        .bind(ids)
-        .bind(J::QUEUE)
-        .bind(payloads)
-        .bind(J::MAX_ATTEMPTS)
-        .bind(keys)
-        .bind(grace_ms)
+    let (inserted, _announced): (i64, i64) = EnqueueRows::of(jobs)
+        .bind(sqlx::query_as(ENQUEUE))
         .bind(lane)
         .fetch_one(conn)
         .await?;

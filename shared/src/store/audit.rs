@@ -36,33 +36,6 @@ pub async fn append(
     Ok(())
 }
 
-/// Several rows of one action at once (a group commit's), each with its own actor and
-/// order.
-pub async fn append_many(
-    conn: &mut PgConnection,
-    action: &str,
-    rows: &[(Actor, Option<Uuid>, serde_json::Value)],
-) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO audit_log (actor_role, actor_subject, actor_token_id, action, order_id, details)
-         SELECT r.role, r.subject, r.token_id, $4, r.order_id, r.details
-         FROM unnest($1::text[], $2::uuid[], $3::uuid[], $5::uuid[], $6::jsonb[])
-              AS r (role, subject, token_id, order_id, details)",
-    )
-    .bind(rows.iter().map(|r| r.0.role).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.0.subject).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.0.token_id).collect::<Vec<_>>())
-    .bind(action)
-    .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// One row of the audit trail as admins and sellers read it.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
