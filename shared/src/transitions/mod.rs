@@ -73,23 +73,37 @@ macro_rules! order_event_columns {
     };
 }
 
+/// `p` and `e`: PENDING -> PAID for the orders (`id`, `payment_id`) of `$rows`, returning
+/// `paid_at` and [`order_event_columns!`], with their `order.paid` events.
+///
 /// The status is tested with `IS NOT DISTINCT FROM` (the same, for a NOT NULL column) so
 /// that each order is found by its primary key only: with `=`, and statistics taken while
 /// `orders` was small and all open, the planner read all of `orders_open_by_offer_idx`
 /// (every PENDING and PAID order) on each pay and kept that plan as the backlog grew:
 /// measured during an API-built launch (auto_explain), 1,922 pays over 8 ms, each reading
 /// up to 8,900 open orders.
+macro_rules! pay_ctes {
+    ($rows:literal) => {
+        concat!(
+            "p AS (UPDATE orders o SET status = 'PAID', paid_at = now(), payment_id = t.payment_id
+                 FROM ",
+            $rows,
+            "
+                 WHERE o.id = t.id AND o.status IS NOT DISTINCT FROM 'PENDING'
+                 RETURNING o.paid_at, ",
+            order_event_columns!("o"),
+            "),
+             e AS (",
+            order_events!("order.paid", "p"),
+            ")"
+        )
+    };
+}
+
 pub const PAY: &str = concat!(
-    "WITH p AS (UPDATE orders o SET status = 'PAID', paid_at = now(), payment_id = t.payment_id
-         FROM unnest($1::uuid[], $2::text[]) AS t(id, payment_id)
-         WHERE o.id = t.id AND o.status IS NOT DISTINCT FROM 'PENDING'
-         RETURNING o.paid_at, ",
-    order_event_columns!("o"),
-    "),
-     e AS (",
-    order_events!("order.paid", "p"),
-    ")
-     SELECT id, paid_at FROM p"
+    "WITH ",
+    pay_ctes!("unnest($1::uuid[], $2::text[]) AS t(id, payment_id)"),
+    " SELECT id, paid_at FROM p"
 );
 
 /// PENDING -> PAID for several orders at once, each with its fulfillment job, on the same
@@ -140,20 +154,13 @@ async fn run_pay(
 /// their `order.paid` events, and one `order.paid_simulated` audit row per order moved,
 /// for the actor at the same index of `$8` to `$10` (role, subject, token). The audit row
 /// names its seller and object itself, so `audit_log_derive` has nothing to look up.
-/// The status test is [`PAY`]'s.
 pub const PAY_SIMULATED: &str = concat!(
     "WITH j AS (",
     crate::enqueue_rows!(),
     "),
-     p AS (UPDATE orders o SET status = 'PAID', paid_at = now()
-         FROM unnest($7::uuid[]) AS t(id)
-         WHERE o.id = t.id AND o.status IS NOT DISTINCT FROM 'PENDING'
-         RETURNING o.paid_at, ",
-    order_event_columns!("o"),
-    "),
-     e AS (",
-    order_events!("order.paid", "p"),
-    "),
+     ",
+    pay_ctes!("(SELECT u.id, NULL::text AS payment_id FROM unnest($7::uuid[]) AS u(id)) t"),
+    ",
      a AS (INSERT INTO audit_log
                (actor_role, actor_subject, actor_token_id, action, order_id, seller_id, object_ids)
            SELECT r.role, r.subject, r.token_id, 'order.paid_simulated', p.id, f.seller_id,
