@@ -159,8 +159,8 @@ async fn pay_orders(
 }
 
 /// One transaction for the whole group: lock the orders each viewer may see, pay the
-/// PENDING ones with their jobs and audit rows (one statement), commit. Per pay: the order after
-/// the commit and whether this pay moved it.
+/// PENDING ones with their jobs and audit rows (one statement), commit. Per pay: the
+/// order after the commit and whether this pay moved it.
 async fn pay_together(pool: &PgPool, batch: &[Pay]) -> ApiResult<Vec<ApiResult<(OrderRow, bool)>>> {
     let mut tx = pool.begin().await?;
     let wanted: Vec<(Uuid, Viewer)> = batch.iter().map(|p| (p.order_id, p.viewer)).collect();
