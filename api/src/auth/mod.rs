@@ -2,6 +2,8 @@
 //! rejects with 401 JSON.
 
 pub mod cache;
+pub mod credentials;
+pub mod oidc;
 
 use autokey_shared::{
     model::Role,
@@ -18,17 +20,20 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        // The rate limiter already authenticated this request's token.
-        if let Some(Checked(checked)) = parts.extensions.get::<Checked>() {
-            return checked.map(Auth).ok_or(ApiError::Unauthorized);
+        // The rate limiter already authenticated this request's credentials.
+        let principal = match parts.extensions.get::<Checked>() {
+            Some(Checked(checked)) => *checked,
+            None => credentials::authenticate(state, &parts.headers)
+                .await?
+                .map(|(p, _)| p),
+        };
+        match (principal, bearer(&parts.headers)) {
+            (Some(principal), _) => Ok(Auth(principal)),
+            (None, Some(_)) => Err(ApiError::InvalidToken(
+                "the token is unknown, revoked or expired".into(),
+            )),
+            (None, None) => Err(ApiError::Unauthorized),
         }
-        let token = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
-        let principal = state
-            .tokens
-            .authenticate(&state.pool, token)
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
-        Ok(Auth(principal))
     }
 }
 

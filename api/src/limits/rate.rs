@@ -88,18 +88,24 @@ impl RateLimits {
     }
 }
 
-/// Authenticates the request's token (if any) and applies its rate limit.
+/// Authenticates the request's credentials (if any: `auth::credentials`) and applies its
+/// rate limit. A refused JWT is answered here, after the rate limit of its address: it
+/// never reaches a route.
 pub async fn admit(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let principal = match auth::bearer(request.headers()) {
-        // A token that cannot be checked (the database is unreachable) is not an invalid
-        // one: the caller gets 503 `unavailable` and retries, never a 401 that would make
-        // it drop a good token.
-        Some(token) => match state.tokens.authenticate(&state.pool, token).await {
-            Ok(principal) => principal,
-            Err(err) => return ApiError::from(err).into_response(),
-        },
-        None => None,
+    // A token that cannot be checked (the database or the identity provider is
+    // unreachable) is not an invalid one: the caller gets 503 `unavailable` and retries,
+    // never a 401 that would make it drop a good token.
+    let authenticated = match auth::credentials::authenticate(&state, request.headers()).await {
+        Ok(found) => Ok(found),
+        Err(refused @ ApiError::InvalidToken(_)) => Err(refused),
+        Err(err) => return err.into_response(),
     };
+    let principal = authenticated
+        .as_ref()
+        .ok()
+        .copied()
+        .flatten()
+        .map(|(p, _)| p);
     let peer = request
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
@@ -111,6 +117,13 @@ pub async fn admit(State(state): State<AppState>, mut request: Request, next: Ne
         }
         .into_response();
     }
+    let (principal, source) = match authenticated {
+        Ok(found) => found.unzip(),
+        Err(refused) => return refused.into_response(),
+    };
     request.extensions_mut().insert(Checked(principal));
+    if let Some(source) = source {
+        request.extensions_mut().insert(source);
+    }
     next.run(request).await
 }
