@@ -1,50 +1,103 @@
 #!/usr/bin/env bash
-# RustSec advisories against Cargo.lock, with cargo-audit (installed once by lib.sh).
+# The dependency audit of Cargo.lock (part of ./scripts/test.sh): it fails, never merely warns,
+# when it cannot run.
+#   1. RustSec advisories, with cargo-audit: a vulnerability, a yanked version, an unmaintained
+#      or unsound crate fails it (.cargo/audit.toml lists the ones kept, with the reason).
+#   2. cargo-deny's policy in deny.toml: licences, banned and duplicated security crates,
+#      sources (crates.io only).
+#   3. No path dependency from outside this repository.
 #
-# The advisory database is a git repository (rustsec/advisory-db); it is cloned, or brought
-# up to date, in ~/.cargo/advisory-db (where cargo-audit keeps it), then audited against
-# with --no-fetch. Where it cannot be fetched:
-#   - AUTOKEY_ADVISORY_DB=/path/to/a/clone audits against that copy instead;
-#   - otherwise a copy fetched earlier on this machine is used, saying from when;
-#   - otherwise the audit cannot be done: a banner says so and the script exits 0, or 1
-#     with AUTOKEY_REQUIRE_AUDIT=1 (set it where the database is reachable).
-# Any advisory that applies to Cargo.lock (a vulnerability, or a yanked crate) fails it.
+# The advisory database (rustsec/advisory-db), first found of:
+#   - AUTOKEY_ADVISORY_DB=/path/to/a/copy (a clone or a snapshot), used as it is;
+#   - a clone in ~/.cargo/advisory-db, fetched now (where its git host is reachable);
+#   - a snapshot beside the repository, ../shared/advisory-db (or beside the repository this
+#     one was cloned from, when that is a local path);
+#   - a clone fetched earlier in ~/.cargo/advisory-db.
+# The copy and its date are printed. With none of them the audit fails.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 ensure_cargo_audit
+ensure_cargo_deny
 
 ADVISORY_DB_URL="https://github.com/rustsec/advisory-db.git"
-db="${AUTOKEY_ADVISORY_DB:-$HOME/.cargo/advisory-db}"
+CACHE="$HOME/.cargo/advisory-db"
 
-fetch() {
-  if [ -d "$db/.git" ]; then
-    timeout 120 git -C "$db" fetch -q --depth 1 origin HEAD && git -C "$db" reset -q --hard FETCH_HEAD
+fetch_cache() {
+  if [ -d "$CACHE/.git" ]; then
+    timeout 120 git -C "$CACHE" fetch -q --depth 1 origin HEAD && git -C "$CACHE" reset -q --hard FETCH_HEAD
   else
-    rm -rf "$db"
-    timeout 120 git clone -q --depth 1 "$ADVISORY_DB_URL" "$db"
+    rm -rf "$CACHE"
+    timeout 120 git clone -q --depth 1 "$ADVISORY_DB_URL" "$CACHE"
   fi
 }
 
-fetched=0
-if [ -z "${AUTOKEY_ADVISORY_DB:-}" ]; then
-  if fetch 2>/dev/null; then fetched=1; fi
+# Snapshots handed beside the repository (or beside the local repository it was cloned from).
+snapshot_candidates() {
+  printf '%s\n' "$ROOT/../shared/advisory-db"
+  local origin
+  origin="$(git -C "$ROOT" remote get-url origin 2>/dev/null || true)"
+  origin="${origin#file://}"
+  if [ -n "$origin" ] && [ -d "$origin" ]; then
+    printf '%s\n' "$(cd "$origin" && pwd)/../shared/advisory-db"
+  fi
+}
+
+# "last change YYYY-MM-DD" of a copy: its git history, else a snapshot's SNAPSHOT.txt.
+describe() {
+  local when
+  when="$(git -C "$1" log -1 --format=%cs 2>/dev/null || true)"
+  if [ -z "$when" ] && [ -f "$1/SNAPSHOT.txt" ]; then
+    when="$(grep -oE 'last change [0-9-]+' "$1/SNAPSHOT.txt" | head -n1 | cut -d' ' -f3)"
+  fi
+  printf '%s' "${when:-an unknown date}"
+}
+
+db="" how=""
+if [ -n "${AUTOKEY_ADVISORY_DB:-}" ]; then
+  db="$AUTOKEY_ADVISORY_DB" how="AUTOKEY_ADVISORY_DB"
+elif fetch_cache 2>/dev/null; then
+  db="$CACHE" how="fetched now"
+else
+  while read -r candidate; do
+    if [ -d "$candidate/crates" ]; then
+      db="$(cd "$candidate" && pwd)" how="a snapshot beside the repository; NOT fetched now"
+      break
+    fi
+  done < <(snapshot_candidates)
+  if [ -z "$db" ] && [ -d "$CACHE/crates" ]; then
+    db="$CACHE" how="fetched on an earlier run; NOT fetched now"
+  fi
 fi
-if [ ! -d "$db/crates" ]; then
+if [ -z "$db" ] || [ ! -d "$db/crates" ]; then
   cat >&2 <<'BANNER'
 #########################################################################################
-#  cargo audit: ADVISORIES NOT CHECKED. The RustSec advisory database could not be        #
-#  fetched (no route to its git host?) and no copy is on this machine. Set                #
-#  AUTOKEY_ADVISORY_DB to a clone of rustsec/advisory-db, or run where it can be fetched.  #
+#  AUDIT FAILED: no RustSec advisory database. It could not be fetched from its git host, #
+#  no snapshot is beside the repository (../shared/advisory-db) and none was fetched      #
+#  earlier on this machine. Set AUTOKEY_ADVISORY_DB to a copy of rustsec/advisory-db.     #
 #########################################################################################
 BANNER
-  [ "${AUTOKEY_REQUIRE_AUDIT:-0}" = 1 ] && exit 1
-  exit 0
+  exit 1
 fi
-when="$(git -C "$db" log -1 --format=%cs 2>/dev/null || echo 'an unknown date')"
-if [ "$fetched" = 1 ]; then
-  log "cargo audit (advisory database fetched now, last change $when)"
-else
-  log "cargo audit against the advisory database copy in $db (last change $when; NOT fetched now)"
+
+# Yanked versions are read from cargo's local copy of the crates.io index: bring the entries
+# of every locked crate up to date first (a dry-run update writes nothing).
+if ! cargo update --dry-run >/dev/null 2>&1; then
+  log "warning: the crates.io index could not be refreshed; yanked versions are checked against its local copy"
 fi
-cargo audit --no-fetch --stale --db "$db" --deny yanked
+log "cargo audit: advisory database $db ($how; last change $(describe "$db"))"
+cargo audit --no-fetch --stale --db "$db"
+
+log "cargo deny: licences, bans and sources (deny.toml)"
+cargo deny --locked check licenses bans sources
+
+log "no path dependency from outside the repository"
+cargo metadata --locked --format-version 1 | python3 -c '
+import json, os, sys
+meta = json.load(sys.stdin)
+root = os.path.realpath(sys.argv[1])
+outside = [p["name"] + " at " + p["manifest_path"] for p in meta["packages"]
+           if p["source"] is None and not os.path.realpath(p["manifest_path"]).startswith(root + os.sep)]
+if outside:
+    sys.exit("path dependencies outside the repository: " + ", ".join(outside))
+' "$ROOT"

@@ -189,12 +189,23 @@ ensure_cargo_audit() {
   cargo install --locked --quiet cargo-audit --version "$CARGO_AUDIT_VERSION"
 }
 
+# cargo-deny (crates.io), likewise: the licence, ban and source policy of deny.toml.
+CARGO_DENY_VERSION=0.20.2
+ensure_cargo_deny() {
+  if cargo deny --version 2>/dev/null | grep -qF "$CARGO_DENY_VERSION"; then
+    return
+  fi
+  log "installing cargo-deny $CARGO_DENY_VERSION (cargo install, once)"
+  cargo install --locked --quiet cargo-deny --version "$CARGO_DENY_VERSION"
+}
+
 # Every outside tool of the test suite: the browser test's, the venv's (schemathesis,
 # openapi-spec-validator, openapi-python-client, standardwebhooks), Node's (the TypeScript
-# client's tools, the OpenID provider), cargo-audit.
+# client's tools, the OpenID provider), cargo-audit and cargo-deny.
 ensure_test_tools() {
   ensure_browser_test_deps
   ensure_node_modules
   ensure_oidc_provider
   ensure_cargo_audit
+  ensure_cargo_deny
 }

@@ -15,7 +15,7 @@ drop_databases_with_prefix autokey_test_
 # Outside tools of the suite (scripts/test-deps.sh): Debian's chromium and a Python venv
 # (.venv/: Playwright, schemathesis, openapi-spec-validator, openapi-python-client,
 # standardwebhooks), Node with tests/clients/node_modules (openapi-typescript, openapi-fetch,
-# typescript) and tests/oidc/node_modules (oidc-provider), cargo-audit.
+# typescript) and tests/oidc/node_modules (oidc-provider), cargo-audit and cargo-deny.
 ensure_test_tools
 
 log "building"
@@ -30,8 +30,8 @@ log "running the test suite"
 timeout --foreground "${TEST_TIMEOUT:-40m}" \
   cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-6}" "$@"
 
-# RustSec advisories against Cargo.lock (scripts/audit.sh says loudly when it cannot fetch
-# the advisory database).
+# The dependency audit (scripts/audit.sh): RustSec advisories and deny.toml's policy; it
+# fails when it cannot run (no advisory database anywhere).
 log "auditing Cargo.lock"
 ./scripts/audit.sh
 
