@@ -13,7 +13,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -55,6 +58,9 @@ pub struct IssuerKeys {
     http: reqwest::Client,
     min_refresh_interval: Duration,
     keys: RwLock<Arc<HashMap<String, Arc<VerifyingKey>>>>,
+    /// Successful fetches so far: a token verified before the last one is verified again
+    /// (its key may have been withdrawn).
+    generation: AtomicU64,
     /// Serializes fetches: concurrent requests naming the same new `kid` wait for one.
     refresh: tokio::sync::Mutex<Refresh>,
 }
@@ -77,8 +83,13 @@ impl IssuerKeys {
             http,
             min_refresh_interval,
             keys: RwLock::new(Arc::default()),
+            generation: AtomicU64::new(0),
             refresh: tokio::sync::Mutex::new(Refresh::default()),
         }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     fn cached(&self, kid: &str) -> Option<Arc<VerifyingKey>> {
@@ -126,6 +137,7 @@ impl IssuerKeys {
             Ok(keys) => {
                 tracing::info!(issuer = %self.issuer, keys = keys.len(), "OpenID provider keys fetched");
                 *self.keys.write().expect("keys lock") = Arc::new(keys);
+                self.generation.fetch_add(1, Ordering::SeqCst);
                 refresh.ever_loaded = true;
                 Ok(())
             }

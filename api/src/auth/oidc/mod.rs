@@ -28,6 +28,7 @@ use base64::{
 use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -41,6 +42,20 @@ use crate::error::ApiError;
 const LEEWAY_SECS: u64 = 60;
 /// Identities remembered (their rows exist: no database round trip for them).
 const IDENTITIES: u64 = 100_000;
+/// Tokens verified recently, remembered by their SHA-256 so that a storefront's or seller's
+/// next request with the same token costs a hash, not a signature check.
+const VERIFIED: u64 = 100_000;
+const VERIFIED_TTL: Duration = Duration::from_secs(60);
+
+/// A token already verified: good until its `exp` (plus the leeway), while its issuer's
+/// keys are the ones it was verified with.
+#[derive(Clone)]
+struct Remembered {
+    principal: Principal,
+    exp: i64,
+    keys: Arc<IssuerKeys>,
+    generation: u64,
+}
 
 /// The issuers' keys and the identities seen, one per api process.
 pub struct JwtVerifier {
@@ -48,6 +63,7 @@ pub struct JwtVerifier {
     issuers: HashMap<String, Arc<IssuerKeys>>,
     /// (iss, sub, role) -> autokey id, for accounts whose rows are known to exist.
     identities: moka::sync::Cache<(String, String, Role), Uuid>,
+    verified: moka::sync::Cache<[u8; 32], Remembered>,
     pub(crate) http: reqwest::Client,
 }
 
@@ -55,6 +71,9 @@ pub struct JwtVerifier {
 pub struct Verified {
     pub issuer: String,
     pub claims: Map<String, Value>,
+    /// The issuer's key generation before its key was looked up (a fetch meanwhile only
+    /// makes a remembered verification stale).
+    generation: u64,
 }
 
 impl Verified {
@@ -131,6 +150,10 @@ impl JwtVerifier {
             });
         }
         Arc::new(Self {
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED)
+                .time_to_live(VERIFIED_TTL)
+                .build(),
             identities: moka::sync::Cache::builder()
                 .max_capacity(IDENTITIES)
                 .time_to_idle(Duration::from_secs(3600))
@@ -148,8 +171,29 @@ impl JwtVerifier {
     /// The principal of an access token; a refused one is `ApiError::InvalidToken` with
     /// the reason, unreachable keys or database `ApiError::Unavailable`.
     pub async fn authenticate(&self, pool: &PgPool, token: &str) -> Result<Principal, ApiError> {
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(seen) = self.verified.get(&hash) {
+            let now = chrono::Utc::now().timestamp();
+            if now <= seen.exp + LEEWAY_SECS as i64 && seen.keys.generation() == seen.generation {
+                return Ok(seen.principal);
+            }
+            self.verified.invalidate(&hash);
+        }
         let verified = self.verify(token, &self.config.audience).await?;
-        self.principal_of(pool, verified).await
+        let keys = self.issuers[&verified.issuer].clone();
+        let generation = verified.generation;
+        let exp = verified.expires_at();
+        let principal = self.principal_of(pool, verified).await?;
+        self.verified.insert(
+            hash,
+            Remembered {
+                principal,
+                exp,
+                keys,
+                generation,
+            },
+        );
+        Ok(principal)
     }
 
     /// The principal of a verified access token: its role and its account's autokey id.
@@ -243,6 +287,7 @@ impl JwtVerifier {
         let kid = header
             .kid
             .ok_or_else(|| refuse("the token names no signing key (kid)"))?;
+        let generation = keys.generation();
         let key = match keys.find(&kid).await {
             Lookup::Found(key) => key,
             Lookup::Unknown => {
@@ -269,6 +314,7 @@ impl JwtVerifier {
         Ok(Verified {
             issuer,
             claims: data.claims,
+            generation,
         })
     }
 }
