@@ -69,6 +69,7 @@ def main():
         expect(page.locator("#signin")).to_be_visible()
         link = page.get_by_role("link", name="Sign in with your marketplace account")
         expect(link).to_be_visible()
+        page.screenshot(path=os.path.join(args.artifacts, "oidc-signin-1280.png"))
 
         step("follow it to the provider's own login page")
         link.click()
