@@ -281,6 +281,11 @@ async fn every_refused_token_is_a_401_with_its_reason_and_reaches_no_route() {
         "no route ran"
     );
     assert_eq!(count(&app, "SELECT count(*) FROM oidc_identities").await, 0);
+    // A route that takes no token ignores a refused one.
+    assert_eq!(
+        app.get("/healthz", &cases[0].1).await.status,
+        StatusCode::OK
+    );
 
     // The same builders with nothing wrong are accepted (the refusals are the changes).
     for alg in ["RS256", "ES256", "EdDSA"] {

@@ -12,7 +12,11 @@ use autokey_shared::{
 use axum::{extract::FromRequestParts, http::request::Parts};
 use uuid::Uuid;
 
-use crate::{error::ApiError, limits::rate::Checked, state::AppState};
+use crate::{
+    error::ApiError,
+    limits::rate::{Checked, Refused},
+    state::AppState,
+};
 
 pub struct Auth(pub Principal);
 
@@ -27,12 +31,17 @@ impl FromRequestParts<AppState> for Auth {
                 .await?
                 .map(|(p, _)| p),
         };
-        match (principal, bearer(&parts.headers)) {
-            (Some(principal), _) => Ok(Auth(principal)),
-            (None, Some(_)) => Err(ApiError::InvalidToken(
+        if let Some(principal) = principal {
+            return Ok(Auth(principal));
+        }
+        if let Some(Refused(why)) = parts.extensions.get::<Refused>() {
+            return Err(ApiError::InvalidToken(why.clone()));
+        }
+        match bearer(&parts.headers) {
+            Some(_) => Err(ApiError::InvalidToken(
                 "the token is unknown, revoked or expired".into(),
             )),
-            (None, None) => Err(ApiError::Unauthorized),
+            None => Err(ApiError::Unauthorized),
         }
     }
 }
