@@ -99,8 +99,14 @@ struct PeekClaims {
     iss: Option<Value>,
 }
 
+/// A refusal with its reason, cut to 200 characters (it may quote what the token says).
 fn refuse(why: impl Into<String>) -> ApiError {
-    ApiError::InvalidToken(why.into())
+    let mut why: String = why.into();
+    if let Some((cut, _)) = why.char_indices().nth(200) {
+        why.truncate(cut);
+        why.push_str("...");
+    }
+    ApiError::InvalidToken(why)
 }
 
 /// A bearer token shaped like a JWT (three dot-separated parts), not an autokey token.
@@ -331,5 +337,21 @@ fn reason(kind: &ErrorKind, audience: &str) -> String {
         ErrorKind::InvalidClaimFormat(claim) => format!("the token's {claim} claim is malformed"),
         ErrorKind::InvalidAlgorithm => "the token's algorithm does not match its key".into(),
         _ => "the token is malformed".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_cut_and_jwts_are_told_from_autokey_tokens() {
+        let ApiError::InvalidToken(why) = refuse("é".repeat(500)) else {
+            panic!("not a refusal")
+        };
+        assert_eq!(why.chars().count(), 203);
+        assert!(looks_like_jwt("eyJh.eyJi.sig"));
+        assert!(!looks_like_jwt("ak_abc.def.ghi"));
+        assert!(!looks_like_jwt("opaque-token"));
     }
 }

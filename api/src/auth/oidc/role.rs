@@ -20,7 +20,7 @@ fn parse(name: &str) -> Option<Role> {
 /// The role of `claims` at `path`; a missing, unknown or ambiguous one is refused.
 pub fn of(claims: &Map<String, Value>, path: &[String]) -> Result<Role, ApiError> {
     let name = path.join(".");
-    let refuse = |why: String| ApiError::InvalidToken(why);
+    let refuse = |why: String| super::refuse(why);
     let mut value = claims.get(&path[0]);
     for step in &path[1..] {
         value = value.and_then(|v| v.get(step));
