@@ -162,6 +162,23 @@ ensure_node_modules() {
   echo "$want" >"$stamp"
 }
 
+# tests/oidc/node_modules/ (git-ignored): oidc-provider, the OpenID provider of
+# tests/tests/oidc.rs, installed by `npm ci` from tests/oidc/package-lock.json, again only
+# when that file (or Node) changes.
+ensure_oidc_provider() {
+  local dir="$ROOT/tests/oidc" stamp want
+  command -v node >/dev/null || apt_install nodejs
+  command -v npm >/dev/null || apt_install npm
+  want="$( (cat "$dir/package-lock.json"; node --version) | sha256sum | cut -d' ' -f1)"
+  stamp="$dir/node_modules/.package-lock.sha256"
+  if [ -d "$dir/node_modules" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    return
+  fi
+  log "installing tests/oidc/node_modules (npm ci: oidc-provider)"
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$want" >"$stamp"
+}
+
 # cargo-audit (crates.io), built once into ~/.cargo/bin (a few minutes the first time).
 CARGO_AUDIT_VERSION=0.22.2
 ensure_cargo_audit() {
@@ -183,11 +200,12 @@ ensure_cargo_deny() {
 }
 
 # Every outside tool of the test suite: the browser test's, the venv's (schemathesis,
-# openapi-spec-validator, openapi-python-client, standardwebhooks), Node's, cargo-audit and
-# cargo-deny.
+# openapi-spec-validator, openapi-python-client, standardwebhooks), Node's (the TypeScript
+# client's tools, the OpenID provider), cargo-audit and cargo-deny.
 ensure_test_tools() {
   ensure_browser_test_deps
   ensure_node_modules
+  ensure_oidc_provider
   ensure_cargo_audit
   ensure_cargo_deny
 }

@@ -15,7 +15,7 @@ drop_databases_with_prefix autokey_test_
 # Outside tools of the suite (scripts/test-deps.sh): Debian's chromium and a Python venv
 # (.venv/: Playwright, schemathesis, openapi-spec-validator, openapi-python-client,
 # standardwebhooks), Node with tests/clients/node_modules (openapi-typescript, openapi-fetch,
-# typescript), cargo-audit and cargo-deny.
+# typescript) and tests/oidc/node_modules (oidc-provider), cargo-audit and cargo-deny.
 ensure_test_tools
 
 log "building"

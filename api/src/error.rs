@@ -18,6 +18,9 @@ use utoipa::ToSchema;
 pub enum ApiError {
     #[error("a valid bearer token is required")]
     Unauthorized,
+    /// A token was presented and refused, for this reason (RFC 6750's `invalid_token`).
+    #[error("{0}")]
+    InvalidToken(String),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -80,7 +83,7 @@ impl ApiError {
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         use ApiError::*;
         match self {
-            Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Unauthorized | InvalidToken(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Validation(_) => (StatusCode::BAD_REQUEST, "validation_failed"),
@@ -124,6 +127,17 @@ impl IntoResponse for ApiError {
                     .extensions_mut()
                     .insert(InternalCause(Arc::new(chain)));
             }
+            ApiError::Unauthorized => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"autokey\""),
+                );
+            }
+            ApiError::InvalidToken(why) => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, invalid_token_challenge(why));
+            }
             ApiError::RateLimited { retry_after_secs } => {
                 response
                     .headers_mut()
@@ -133,6 +147,26 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// `Bearer realm="autokey", error="invalid_token", error_description="<why>"` (RFC 6750,
+/// section 3): the description is a quoted string of visible ASCII without quotes or backslashes.
+fn invalid_token_challenge(why: &str) -> HeaderValue {
+    let description: String = why
+        .chars()
+        .map(|c| match c {
+            '"' => '\'',
+            '\\' => '/',
+            c if (' '..='~').contains(&c) => c,
+            _ => '?',
+        })
+        .collect();
+    HeaderValue::from_str(&format!(
+        "Bearer realm=\"autokey\", error=\"invalid_token\", error_description=\"{description}\""
+    ))
+    .unwrap_or_else(|_| {
+        HeaderValue::from_static("Bearer realm=\"autokey\", error=\"invalid_token\"")
+    })
 }
 
 /// Passing database trouble is a 503; a broken invariant or anything else an opaque 500.

@@ -72,6 +72,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::keys::router())
         .merge(routes::offers::router())
         .merge(routes::console::router())
+        .merge(routes::console_login::router())
         .merge(routes::orders::router())
         .merge(routes::seller_orders::router())
         .merge(routes::key_reports::router())

@@ -26,6 +26,8 @@ pub struct ServeArgs {
           value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
     pub webhook_allow_private_urls: bool,
     #[command(flatten)]
+    pub oidc: crate::auth::oidc::settings::OidcArgs,
+    #[command(flatten)]
     pub limits: Limits,
 }
 

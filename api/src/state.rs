@@ -7,7 +7,7 @@ use secrecy::SecretBox;
 use sqlx::PgPool;
 
 use crate::{
-    auth::cache::TokenCache,
+    auth::{cache::TokenCache, oidc::JwtVerifier},
     fulfillment_wait::FulfillmentWaiter,
     limits::{rate::RateLimits, uploads::UploadSlots},
     orders::{intake::Intake, lookup::OrderLookups},
@@ -41,6 +41,8 @@ pub struct Shared {
     /// Order lookups of concurrent reads, one statement per group.
     pub lookups: OrderLookups,
     pub tokens: TokenCache,
+    /// JWTs of the configured OpenID providers (None without OIDC_ISSUERS).
+    pub oidc: Option<Arc<JwtVerifier>>,
     pub rate_limits: Arc<RateLimits>,
     pub uploads: Arc<UploadSlots>,
     pub gauges: Arc<GaugeCache>,
@@ -59,6 +61,7 @@ impl AppState {
             lookups: OrderLookups::start(pool.clone()),
             lane,
             tokens: TokenCache::start(pool.clone()),
+            oidc: settings.oidc.clone().map(JwtVerifier::start),
             rate_limits: RateLimits::new(limits),
             uploads: UploadSlots::new(
                 limits.max_concurrent_uploads,
@@ -81,5 +84,7 @@ pub struct Settings {
     pub webhook_allow_private_urls: bool,
     /// The token Prometheus presents to `GET /metrics` (METRICS_TOKEN).
     pub metrics_token: Option<SecretBox<String>>,
+    /// Sign-in with OpenID Connect providers (OIDC_ISSUERS...).
+    pub oidc: Option<crate::auth::oidc::settings::OidcConfig>,
     pub limits: Limits,
 }

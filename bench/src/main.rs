@@ -3,6 +3,7 @@
 
 mod common;
 mod front;
+mod issuer;
 mod scenarios;
 
 use std::{path::PathBuf, time::Duration};

@@ -40,6 +40,8 @@ pub struct AppOptions {
     pub limits: autokey_api::settings::Limits,
     /// Loopback receivers in tests need it; the SSRF tests turn it off.
     pub webhook_allow_private_urls: bool,
+    /// Sign-in with an OpenID provider (tests/tests/oidc.rs).
+    pub oidc: Option<autokey_api::auth::oidc::settings::OidcConfig>,
 }
 
 impl Default for AppOptions {
@@ -48,6 +50,7 @@ impl Default for AppOptions {
             simulated_payments: true,
             limits: autokey_api::settings::Limits::generous(),
             webhook_allow_private_urls: true,
+            oidc: None,
         }
     }
 }
@@ -87,6 +90,7 @@ fn app_state(pool: PgPool, vault: Arc<Vault>, options: &AppOptions) -> AppState 
         webhook_allow_private_urls: options.webhook_allow_private_urls,
         webhook_secret: Some(secrecy::SecretBox::new(Box::new(WEBHOOK_SECRET.to_vec()))),
         metrics_token: Some(secrecy::SecretBox::new(Box::new(METRICS_TOKEN.to_owned()))),
+        oidc: options.oidc.clone(),
         limits: options.limits.clone(),
     };
     AppState::new(pool, vault, settings)
@@ -270,6 +274,7 @@ impl TestApp {
 }
 
 pub mod fixtures;
+pub mod oidc;
 pub mod tools;
 
 /// The tests' HTTP client: a request that gets no answer within two minutes fails its

@@ -22,6 +22,11 @@ enum Access {
     Signed,
     Roles(&'static [Role]),
     AnyToken,
+    /// The console's sign-in with an identity provider: 404 here, where it is not set up
+    /// (tests/tests/oidc.rs tests it set up).
+    SignInNotSetUp,
+    /// Only the console's session cookie: no bearer token of any role may use it.
+    SessionCookie,
 }
 
 const SELLER: &[Role] = &[Role::Seller];
@@ -34,6 +39,8 @@ fn access(operation_id: &str) -> Access {
     match operation_id {
         "healthz" | "readyz" | "getSellerConsole" => Access::Public,
         "paymentWebhook" => Access::Signed,
+        "sellerLogin" | "sellerCallback" => Access::SignInNotSetUp,
+        "sellerLogout" => Access::SessionCookie,
         "getMe" | "getOffer" => Access::AnyToken,
         "getMetrics" => Access::Roles(ADMIN),
         "createPool" | "listPools" | "getPool" | "uploadKeys" | "listKeys" | "invalidateKey"
@@ -393,7 +400,8 @@ async fn every_operation_for_every_principal() {
                 let authenticated = w.role.is_some();
                 let expected: Option<u16> = match op.access {
                     Access::Public => (!(200..300).contains(&status)).then_some(200),
-                    Access::Signed => Some(401),
+                    Access::Signed | Access::SessionCookie => Some(401),
+                    Access::SignInNotSetUp => Some(404),
                     _ if !authenticated => Some(401),
                     Access::Roles(roles) if !roles.contains(&w.role.unwrap()) => Some(403),
                     _ if names_an_object(&op) && !is_owner => Some(404),

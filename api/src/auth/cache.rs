@@ -121,13 +121,15 @@ impl TokenCache {
             return Ok(Some(p));
         }
         let mut conn = pool.acquire().await?;
-        let found = tokens::authenticate(&mut conn, token).await?;
-        // Not when a revocation arrived meanwhile: the row read may predate it.
-        if let (Some(p), true) = (found, live)
+        let found = tokens::authenticate_until(&mut conn, token).await?;
+        // Not when a revocation arrived meanwhile: the row read may predate it; nor a token
+        // that expires before the entry would (a console session near its end).
+        if let (Some((p, expires_at)), true) = (found, live)
             && self.generation.load(Ordering::SeqCst) == generation
+            && expires_at.is_none_or(|at| at > chrono::Utc::now() + TTL)
         {
             self.entries.insert(hash, p);
         }
-        Ok(found)
+        Ok(found.map(|(p, _)| p))
     }
 }

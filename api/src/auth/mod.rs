@@ -2,6 +2,8 @@
 //! rejects with 401 JSON.
 
 pub mod cache;
+pub mod credentials;
+pub mod oidc;
 
 use autokey_shared::{
     model::Role,
@@ -10,7 +12,11 @@ use autokey_shared::{
 use axum::{extract::FromRequestParts, http::request::Parts};
 use uuid::Uuid;
 
-use crate::{error::ApiError, limits::rate::Checked, state::AppState};
+use crate::{
+    error::ApiError,
+    limits::rate::{Checked, Refused},
+    state::AppState,
+};
 
 pub struct Auth(pub Principal);
 
@@ -18,17 +24,25 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        // The rate limiter already authenticated this request's token.
-        if let Some(Checked(checked)) = parts.extensions.get::<Checked>() {
-            return checked.map(Auth).ok_or(ApiError::Unauthorized);
+        // The rate limiter already authenticated this request's credentials.
+        let principal = match parts.extensions.get::<Checked>() {
+            Some(Checked(checked)) => *checked,
+            None => credentials::authenticate(state, &parts.headers)
+                .await?
+                .map(|(p, _)| p),
+        };
+        if let Some(principal) = principal {
+            return Ok(Auth(principal));
         }
-        let token = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
-        let principal = state
-            .tokens
-            .authenticate(&state.pool, token)
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
-        Ok(Auth(principal))
+        if let Some(Refused(why)) = parts.extensions.get::<Refused>() {
+            return Err(ApiError::InvalidToken(why.clone()));
+        }
+        match bearer(&parts.headers) {
+            Some(_) => Err(ApiError::InvalidToken(
+                "the token is unknown, revoked or expired".into(),
+            )),
+            None => Err(ApiError::Unauthorized),
+        }
     }
 }
 

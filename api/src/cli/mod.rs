@@ -35,7 +35,7 @@ Secrets and the database come from the environment only (a .env file in the work
   RUST_LOG, LOG_FORMAT     log filter; LOG_FORMAT=json for JSON lines\n\n\
 The seller commands (keys upload, pools) use the HTTP API only: AUTOKEY_URL (default\n\
 http://localhost:4000) and AUTOKEY_TOKEN (a seller token), or --url and --token.\n\n\
-Every other setting of `serve` (SIMULATED_PAYMENTS, PORT, rate limits, timeouts...) is listed with its\n\
+Every other setting of `serve` (SIMULATED_PAYMENTS, PORT, OIDC_* sign-in, rate limits, timeouts...) is listed with its\n\
 environment variable and default by `autokey-api serve --help`."
 )]
 pub struct Cli {

@@ -23,6 +23,7 @@ pub fn settings_from_env(args: &ServeArgs) -> Result<(Arc<Vault>, Settings), Str
         webhook_allow_private_urls: args.webhook_allow_private_urls,
         webhook_secret: config::webhook_secret_from_env().map_err(cfg_err)?,
         metrics_token: config::metrics_token_from_env().map_err(cfg_err)?,
+        oidc: args.oidc.config()?,
         limits: args.limits.clone(),
     };
     Ok((Arc::new(vault), settings))

@@ -30,6 +30,11 @@ type Keyed<K> = RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock>;
 #[derive(Clone, Copy, Debug)]
 pub struct Checked(pub Option<Principal>);
 
+/// Why the request's token was refused (a JWT: expired, another audience...), left in its
+/// extensions by [`admit`] for the `Auth` extractor's 401.
+#[derive(Clone, Debug)]
+pub struct Refused(pub String);
+
 pub struct RateLimits {
     person: Keyed<Uuid>,
     storefront: Keyed<Uuid>,
@@ -88,18 +93,21 @@ impl RateLimits {
     }
 }
 
-/// Authenticates the request's token (if any) and applies its rate limit.
+/// Authenticates the request's credentials (if any: `auth::credentials`) and applies its
+/// rate limit. A refused JWT counts as no credentials here (the limit of its address
+/// applies); its reason goes to the route's `Auth` extractor, which answers 401 with it, so
+/// no route that takes a token runs for it.
 pub async fn admit(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let principal = match auth::bearer(request.headers()) {
-        // A token that cannot be checked (the database is unreachable) is not an invalid
-        // one: the caller gets 503 `unavailable` and retries, never a 401 that would make
-        // it drop a good token.
-        Some(token) => match state.tokens.authenticate(&state.pool, token).await {
-            Ok(principal) => principal,
-            Err(err) => return ApiError::from(err).into_response(),
-        },
-        None => None,
-    };
+    // A token that cannot be checked (the database or the identity provider is
+    // unreachable) is not an invalid one: the caller gets 503 `unavailable` and retries,
+    // never a 401 that would make it drop a good token.
+    let (principal, source, refused) =
+        match auth::credentials::authenticate(&state, request.headers()).await {
+            Ok(Some((principal, source))) => (Some(principal), Some(source), None),
+            Ok(None) => (None, None, None),
+            Err(ApiError::InvalidToken(why)) => (None, None, Some(Refused(why))),
+            Err(err) => return err.into_response(),
+        };
     let peer = request
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
@@ -111,6 +119,13 @@ pub async fn admit(State(state): State<AppState>, mut request: Request, next: Ne
         }
         .into_response();
     }
-    request.extensions_mut().insert(Checked(principal));
+    let extensions = request.extensions_mut();
+    extensions.insert(Checked(principal));
+    if let Some(source) = source {
+        extensions.insert(source);
+    }
+    if let Some(refused) = refused {
+        extensions.insert(refused);
+    }
     next.run(request).await
 }

@@ -32,7 +32,18 @@ impl Modify for BearerAuth {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("ak_...")
+                    .bearer_format("ak_... or JWT")
+                    .description(Some(
+                        "An autokey token (`ak_...`, made by `autokey-api token create`) or, \
+                         with OIDC_ISSUERS set, a JWT access token of the marketplace's OpenID \
+                         Connect provider: signed RS256, ES256 or EdDSA with a key the issuer \
+                         publishes, `aud` containing OIDC_AUDIENCE, `exp`/`nbf` current (60 s \
+                         leeway), the role in the claim OIDC_ROLE_CLAIM (default \
+                         `autokey_role`). A refused token gets 401 with `WWW-Authenticate: \
+                         Bearer error=\"invalid_token\", error_description=\"<why>\"`. The \
+                         seller console's pages send the `autokey_session` cookie with the \
+                         `X-Autokey-Csrf: 1` header instead.",
+                    ))
                     .build(),
             ),
         );

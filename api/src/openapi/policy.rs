@@ -143,7 +143,10 @@ fn default_description(status: &str) -> &'static str {
         "201" => "Created.",
         "202" => "Accepted; not finished yet.",
         "400" => "`validation_failed`: a malformed body, parameter or id.",
-        "401" => "`unauthorized`: no bearer token, or one that is malformed, unknown or revoked.",
+        "401" => {
+            "`unauthorized`: no bearer token, or one that is malformed, unknown, revoked or \
+             (a JWT) refused; `WWW-Authenticate` says why."
+        }
         "403" => "`forbidden`: this token's role may not use this route.",
         "404" => "`not_found`: no such object, or one the caller may not see.",
         "409" => "`conflict`: the object's state does not allow this.",

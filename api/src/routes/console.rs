@@ -8,7 +8,7 @@
 
 use std::sync::LazyLock;
 
-use axum::{http::header, response::IntoResponse};
+use axum::{extract::State, http::header, response::IntoResponse};
 use base64::{Engine, engine::general_purpose::STANDARD};
 use sha2::{Digest, Sha256};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -18,12 +18,21 @@ use crate::state::AppState;
 pub fn router() -> OpenApiRouter<AppState> {
     // A page whose script or style cannot be found fails at start-up, not on first view.
     LazyLock::force(&CSP);
+    LazyLock::force(&PAGE_WITH_SIGN_IN);
     OpenApiRouter::new().routes(routes!(console))
 }
 
 const PAGE: &str = include_str!("console.html");
 
 static CSP: LazyLock<String> = LazyLock::new(|| content_security_policy(PAGE));
+
+/// The page with its "Sign in with your marketplace account" link shown (when
+/// OIDC_CONSOLE_CLIENT_ID is set); only the body differs, so the policy's hashes hold.
+static PAGE_WITH_SIGN_IN: LazyLock<String> = LazyLock::new(|| {
+    const HIDDEN: &str = r#"<p id="idp" hidden>"#;
+    assert!(PAGE.contains(HIDDEN), "console.html has no {HIDDEN}");
+    PAGE.replacen(HIDDEN, r#"<p id="idp">"#, 1)
+});
 
 /// The policy for `page`: its inline script and style by hash, requests to this origin only.
 fn content_security_policy(page: &str) -> String {
@@ -62,11 +71,16 @@ fn hash_source(text: &str) -> String {
     format!("'sha256-{}'", STANDARD.encode(digest))
 }
 
-/// The seller web console (HTML): pools and their counts, key upload, keys, offers.
+/// The seller web console (HTML): pools and their counts, key upload, keys, offers; sign-in
+/// with a pasted token or, when set up, the marketplace's identity provider.
 #[utoipa::path(get, path = "/seller", tag = "console", operation_id = "getSellerConsole", responses(
     (status = 200, description = "The console page.", content_type = "text/html", body = String),
 ))]
-async fn console() -> impl IntoResponse {
+async fn console(State(state): State<AppState>) -> impl IntoResponse {
+    let sign_in = state
+        .oidc
+        .as_ref()
+        .is_some_and(|o| o.config().console_client_id.is_some());
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -75,7 +89,11 @@ async fn console() -> impl IntoResponse {
             (header::REFERRER_POLICY, "no-referrer"),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
-        PAGE,
+        if sign_in {
+            PAGE_WITH_SIGN_IN.as_str()
+        } else {
+            PAGE
+        },
     )
 }
 

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod audit;
 pub mod console;
+pub mod console_login;
 pub mod events;
 pub mod health;
 pub mod key_reports;

@@ -4,14 +4,16 @@
 //! one-insert pgbench script (one INSERT and its commit) and the same insert with a NOTIFY
 //! in its transaction (what a pay's commit is: its job is announced to the fast lane). Then, on a shop built over
 //! HTTP with one worker running: POST /orders, GET /orders/:id on PENDING orders (a plain
-//! read), create + pay pairs (the worker fulfilling behind) and GET /orders/:id on
-//! FULFILLED orders (keys decrypted, the read audit-logged).
+//! read), the same read with a JWT of an OpenID issuer instead of an autokey token
+//! (`crate::issuer`: ES256, its key fetched once and cached), create + pay pairs (the worker
+//! fulfilling behind) and GET /orders/:id on FULFILLED orders (keys decrypted, the read
+//! audit-logged).
 
 use std::{process::Stdio, sync::Arc, time::Duration};
 
 use uuid::Uuid;
 
-use crate::{common::*, front::*, scenarios::limit::pgbench_path};
+use crate::{common::*, front::*, issuer::Issuer, scenarios::limit::pgbench_path};
 
 pub struct Cfg {
     pub seconds: u64,
@@ -39,15 +41,20 @@ COMMIT;
 ";
 
 pub async fn run(env: &Env, cfg: &Cfg) -> Res<serde_json::Value> {
+    // The api also takes JWTs of a local issuer (OIDC_ISSUERS), for the JWT read phase.
+    let issuer = Issuer::start().await?;
+    let mut env = env.clone();
+    env.api_env.extend(issuer.api_env());
+    let env = &env;
     let front = Arc::new(Front::start(env, "http", cfg.buyers).await?);
-    let r = body(env, cfg, &front).await;
+    let r = body(env, cfg, &front, &issuer).await;
     if let Ok(f) = Arc::try_unwrap(front) {
         f.close().await;
     }
     r
 }
 
-async fn body(env: &Env, cfg: &Cfg, front: &Arc<Front>) -> Res<serde_json::Value> {
+async fn body(env: &Env, cfg: &Cfg, front: &Arc<Front>, issuer: &Issuer) -> Res<serde_json::Value> {
     let shop = front.shop(cfg.pools, cfg.keys_per_pool).await?;
     eprintln!(
         "http: {} keys uploaded over HTTP in {:.1} s",
@@ -114,6 +121,32 @@ async fn body(env: &Env, cfg: &Cfg, front: &Arc<Front>) -> Res<serde_json::Value
         let get_pending = get_orders(front, &creates.ids, base, c, phase).await;
         let get_pending_cpu = m.per_op(get_pending.ok);
         get_pending.report_error("GET /orders/:id (PENDING)");
+
+        // The same read by a storefront signed in with a JWT (its own PENDING orders, as
+        // many as the autokey tokens' above): what verifying a cached JWT costs.
+        let jwt_who = Who {
+            token: issuer.token("bench-storefront", "storefront")?.into(),
+            customer: None,
+        };
+        let (f, o, jwt_base, w) = (front.clone(), offers.clone(), next, jwt_who.clone());
+        let jwt_creates = closed_loop(c, Until::Count(creates.ids.len().max(c)), move |i| {
+            let (f, o, w) = (f.clone(), o.clone(), w.clone());
+            async move {
+                let i = jwt_base + i;
+                let who = Who {
+                    customer: Some(Uuid::from_u128(0xb0_0000 + (i % 10_000) as u128)),
+                    ..w
+                };
+                Ok(Some(f.create_order(&who, o[i % o.len()]).await?))
+            }
+        })
+        .await;
+        jwt_creates.report_error("POST /orders (JWT)");
+        next += jwt_creates.ids.len() + jwt_creates.errors as usize + c;
+        let m = CpuMeter::start(&front.db.pool, front.api.pid(), wpid).await;
+        let get_jwt = get_orders_as(front, &jwt_creates.ids, &jwt_who, c, phase).await;
+        let get_jwt_cpu = m.per_op(get_jwt.ok);
+        get_jwt.report_error("GET /orders/:id (PENDING, JWT)");
 
         // create + pay pairs, the worker fulfilling behind.
         let (f, o, pair_base) = (front.clone(), offers.clone(), next);
@@ -277,6 +310,18 @@ async fn body(env: &Env, cfg: &Cfg, front: &Arc<Front>) -> Res<serde_json::Value
             &get_pending_cpu,
         );
         add(
+            "GET /orders/:id (PENDING, storefront JWT ES256)",
+            get_jwt.per_s(),
+            get_jwt.p(50.0),
+            get_jwt.p(99.0),
+            get_jwt.errors,
+            get_pending.per_s(),
+            "of autokey tokens",
+            // At most 20% more time per read: at least 1/1.2 of the autokey tokens' rate.
+            Some(get_pending.per_s() / 1.2),
+            &get_jwt_cpu,
+        );
+        add(
             "create + pay pairs (worker behind)",
             pairs.per_s(),
             pairs.p(50.0),
@@ -366,6 +411,34 @@ async fn get_orders(
             let (n, id) = ids[(i * 7919) % ids.len()];
             // Operation n of the loop that created it was order base + n, by who(base + n).
             f.get_order(&f.who(base + n), id).await?;
+            Ok(None)
+        }
+    })
+    .await
+}
+
+/// GET /orders/:id over `ids`, all by `who`, for `phase`.
+async fn get_orders_as(
+    front: &Arc<Front>,
+    ids: &[(usize, Uuid)],
+    who: &Who,
+    c: usize,
+    phase: Duration,
+) -> Outcome {
+    if ids.is_empty() {
+        return Outcome {
+            first_error: Some("no orders to read".into()),
+            secs: 1.0,
+            ..Default::default()
+        };
+    }
+    let ids: Arc<[(usize, Uuid)]> = ids.into();
+    let (f, who) = (front.clone(), who.clone());
+    closed_loop(c, Until::For(phase), move |i| {
+        let (f, ids, who) = (f.clone(), ids.clone(), who.clone());
+        async move {
+            let (_, id) = ids[(i * 7919) % ids.len()];
+            f.get_order(&who, id).await?;
             Ok(None)
         }
     })

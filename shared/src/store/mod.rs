@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod events;
 pub mod idempotency;
+pub mod identities;
 pub mod key_reports;
 pub mod keys;
 pub mod offers;

@@ -3,6 +3,7 @@
 //! authentications forget it at once.
 
 use base64::Engine;
+use chrono::{DateTime, Utc};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
@@ -48,40 +49,34 @@ pub async fn create_token(
     role: Role,
     subject: Option<Uuid>,
 ) -> Result<NewToken, sqlx::Error> {
+    create_token_until(conn, role, subject, None).await
+}
+
+/// [`create_token`] for a token that stops working at `expires_at` (a console session).
+pub async fn create_token_until(
+    conn: &mut PgConnection,
+    role: Role,
+    subject: Option<Uuid>,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<NewToken, sqlx::Error> {
     let subject = match (role.has_subject(), subject) {
         (true, s) => Some(s.unwrap_or_else(Uuid::now_v7)),
         (false, _) => None,
     };
-    match (role, subject) {
-        (Role::Seller, Some(id)) => {
-            sqlx::query("INSERT INTO sellers (id) VALUES ($1) ON CONFLICT DO NOTHING")
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-        }
-        (Role::Buyer, Some(id)) => {
-            sqlx::query("INSERT INTO buyers (id) VALUES ($1) ON CONFLICT DO NOTHING")
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-        }
-        (Role::Storefront, Some(id)) => {
-            sqlx::query("INSERT INTO storefronts (id) VALUES ($1) ON CONFLICT DO NOTHING")
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-        }
-        _ => {}
+    if let Some(id) = subject {
+        ensure_principal(conn, role, id).await?;
     }
     let token = generate_token();
     let id = Uuid::now_v7();
     sqlx::query(
-        "INSERT INTO api_tokens (id, token_hash, role, subject_id) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO api_tokens (id, token_hash, role, subject_id, expires_at)
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(id)
     .bind(&hash_token(&token)[..])
     .bind(role)
     .bind(subject)
+    .bind(expires_at)
     .execute(&mut *conn)
     .await?;
     Ok(NewToken {
@@ -90,6 +85,22 @@ pub async fn create_token(
         role,
         subject,
     })
+}
+
+/// Makes the seller, buyer or storefront row `id` if it is missing (admins have none).
+pub async fn ensure_principal(
+    conn: &mut PgConnection,
+    role: Role,
+    id: Uuid,
+) -> Result<(), sqlx::Error> {
+    let insert = match role {
+        Role::Seller => "INSERT INTO sellers (id) VALUES ($1) ON CONFLICT DO NOTHING",
+        Role::Buyer => "INSERT INTO buyers (id) VALUES ($1) ON CONFLICT DO NOTHING",
+        Role::Storefront => "INSERT INTO storefronts (id) VALUES ($1) ON CONFLICT DO NOTHING",
+        Role::Admin => return Ok(()),
+    };
+    sqlx::query(insert).bind(id).execute(conn).await?;
+    Ok(())
 }
 
 /// Revoked token ids are announced here at commit (payload: the token id).
@@ -109,25 +120,39 @@ pub async fn revoke_token(conn: &mut PgConnection, id: Uuid) -> Result<bool, sql
     Ok(revoked == 1)
 }
 
-pub const AUTHENTICATE: &str =
-    "SELECT id, role, subject_id FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL";
+pub const AUTHENTICATE: &str = "SELECT id, role, subject_id, expires_at FROM api_tokens
+     WHERE token_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())";
 
-/// Looks a presented token up by its hash; None when unknown or revoked.
+/// Looks a presented token up by its hash; None when unknown, revoked or expired.
 pub async fn authenticate(
     conn: &mut PgConnection,
     token: &str,
 ) -> Result<Option<Principal>, sqlx::Error> {
+    Ok(authenticate_until(conn, token).await?.map(|(p, _)| p))
+}
+
+/// [`authenticate`], with when the token expires (None: never).
+pub async fn authenticate_until(
+    conn: &mut PgConnection,
+    token: &str,
+) -> Result<Option<(Principal, Option<DateTime<Utc>>)>, sqlx::Error> {
     if !token.starts_with(TOKEN_PREFIX) || token.len() > 128 {
         return Ok(None);
     }
-    let row: Option<(Uuid, Role, Option<Uuid>)> = sqlx::query_as(AUTHENTICATE)
-        .bind(&hash_token(token)[..])
-        .fetch_optional(conn)
-        .await?;
-    Ok(row.map(|(token_id, role, subject)| Principal {
-        token_id,
-        role,
-        subject,
+    let row: Option<(Uuid, Role, Option<Uuid>, Option<DateTime<Utc>>)> =
+        sqlx::query_as(AUTHENTICATE)
+            .bind(&hash_token(token)[..])
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.map(|(token_id, role, subject, expires_at)| {
+        (
+            Principal {
+                token_id,
+                role,
+                subject,
+            },
+            expires_at,
+        )
     }))
 }
 
